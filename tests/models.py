@@ -1,0 +1,160 @@
+"""Tiny synthetic models for the tests, written as GGUF files by independent tools.
+
+The tests never trust a model file that our own code wrote: the f32 files here are written with gguf-py's
+GGUFWriter, the legacy quant types are encoded by gguf-py's quantizer (bit-identical to llama.cpp's), and the
+K-quants come from llama.cpp's own quantizer (`llamacpp_quantize`). The weights are random with real structure:
+grouped-query attention, Llama 3.1 `rope_freqs`, tied or untied output, and a small byte-level BPE vocabulary.
+
+    python tests/models.py /tmp/tiny.gguf      # write one, to poke at it by hand
+"""
+import ctypes
+import os
+import sys
+
+import numpy as np
+import gguf
+from gguf import GGMLQuantizationType as T
+
+# Llama 3.1's rope scaling, shrunk: with an original context of 32 positions, the head's 32 frequencies fall
+# into all three bands (kept, divided by `factor`, and smoothly blended), so a tiny model exercises every one.
+ROPE_SCALING = dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_context=32)
+
+TINY = dict(dim=256, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=512, context=128,
+            rope_theta=10000.0, eps=1e-5)
+
+
+def bytes_to_unicode():
+    """GPT-2's reversible map from the 256 byte values to printable characters: {32: 'Ġ', 65: 'A', ...}."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars = printable[:]
+    n = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + n)
+            n += 1
+    return dict(zip(printable, map(chr, chars)))
+
+
+def tiny_vocab():
+    """A byte-level BPE vocabulary: 256 byte tokens, a few merges, and Llama 3's special tokens."""
+    byte_chars = bytes_to_unicode()
+    tokens = [byte_chars[b] for b in range(256)]
+    merges = []
+    for a, b in [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "a"), ("e", "r"), ("o", "n"), ("Ġ", "s")]:
+        merges.append(f"{a} {b}")
+        tokens.append(a + b)
+    types = [1] * len(tokens)
+    specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+    tokens += specials
+    types += [3] * len(specials)
+    return tokens, types, merges
+
+
+def llama3_rope_factors(head_size, theta, factor, low_freq_factor, high_freq_factor, original_context):
+    """Llama 3.1's per-frequency divisors, as llama.cpp's converter stores them in `rope_freqs.weight`."""
+    freqs = theta ** -(np.arange(0, head_size, 2, dtype=np.float64) / head_size)  # [head_size/2]
+    wavelen = 2 * np.pi / freqs                                                      # [head_size/2]
+    low_wavelen = original_context / low_freq_factor    # longer than this: slow the rotation down fully
+    high_wavelen = original_context / high_freq_factor  # shorter than this: leave it alone
+    smooth = (original_context / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    blended = 1.0 / ((1 - smooth) / factor + smooth)
+    factors = np.where(wavelen < high_wavelen, 1.0, np.where(wavelen > low_wavelen, factor, blended))
+    return factors.astype(np.float32)                                                # [head_size/2]
+
+
+def random_weights(cfg, vocab_size, tied, rope_freqs, seed):
+    """Random weights with GGUF names and numpy shapes [out_features, in_features]."""
+    rng = np.random.default_rng(seed)
+    dim, hidden, n_heads, n_kv = cfg["dim"], cfg["hidden_dim"], cfg["n_heads"], cfg["n_kv_heads"]
+    head_size = dim // n_heads
+    kv_dim = n_kv * head_size
+
+    def mat(rows, cols):  # scaled so activations stay O(1) through the layers
+        return (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(np.float32)
+
+    def norm(n):
+        return (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)
+
+    # Embedding rows of norm ~4: tied models reuse them as the classifier, so this also keeps logits O(10).
+    w = {"token_embd.weight": (4 * rng.standard_normal((vocab_size, dim)) / np.sqrt(dim)).astype(np.float32)}
+    for l in range(cfg["n_layers"]):
+        p = f"blk.{l}."
+        w[p + "attn_norm.weight"] = norm(dim)
+        w[p + "attn_q.weight"] = mat(dim, dim)
+        w[p + "attn_k.weight"] = mat(kv_dim, dim)
+        w[p + "attn_v.weight"] = mat(kv_dim, dim)
+        w[p + "attn_output.weight"] = mat(dim, dim)
+        w[p + "ffn_norm.weight"] = norm(dim)
+        w[p + "ffn_gate.weight"] = mat(hidden, dim)
+        w[p + "ffn_up.weight"] = mat(hidden, dim)
+        w[p + "ffn_down.weight"] = mat(dim, hidden)
+    w["output_norm.weight"] = norm(dim)
+    if not tied:
+        w["output.weight"] = mat(vocab_size, dim)
+    if rope_freqs:
+        s = ROPE_SCALING
+        w["rope_freqs.weight"] = llama3_rope_factors(head_size, cfg["rope_theta"], s["factor"], s["low_freq_factor"],
+                                                     s["high_freq_factor"], s["original_context"])
+    return w
+
+
+def write_tiny_llama(path, qtype="F32", tied=False, rope_freqs=True, seed=0, name="tiny-llama", **overrides):
+    """Write a tiny Llama-architecture GGUF. qtype: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0 or Q5_1 (gguf-py
+    quantizes the 2-D weights; norms and rope_freqs stay F32 as llama.cpp keeps them). Returns the config."""
+    cfg = {**TINY, **overrides}
+    tokens, types, merges = tiny_vocab()
+    weights = random_weights(cfg, len(tokens), tied, rope_freqs, seed)
+    head_size = cfg["dim"] // cfg["n_heads"]
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name(name)
+    w.add_context_length(cfg["context"])
+    w.add_embedding_length(cfg["dim"])
+    w.add_block_count(cfg["n_layers"])
+    w.add_feed_forward_length(cfg["hidden_dim"])
+    w.add_head_count(cfg["n_heads"])
+    w.add_head_count_kv(cfg["n_kv_heads"])
+    w.add_layer_norm_rms_eps(cfg["eps"])
+    w.add_rope_freq_base(cfg["rope_theta"])
+    w.add_rope_dimension_count(head_size)
+    w.add_vocab_size(len(tokens))
+    w.add_file_type({"F32": 0, "F16": 1}.get(qtype, 0))
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("llama-bpe")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    w.add_bos_token_id(tokens.index("<|begin_of_text|>"))
+    w.add_eos_token_id(tokens.index("<|end_of_text|>"))
+    w.add_eot_token_id(tokens.index("<|eot_id|>"))
+    w.add_add_bos_token(True)
+    qt = T[qtype]
+    for tname, arr in weights.items():
+        if arr.ndim == 2 and qt != T.F32:
+            w.add_tensor(tname, gguf.quants.quantize(arr, qt), raw_dtype=qt)
+        else:
+            w.add_tensor(tname, arr)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return {**cfg, "vocab_size": len(tokens), "tied": tied, "rope_freqs": rope_freqs}
+
+
+def llamacpp_quantize(src, dst, ftype_name):
+    """Quantize a GGUF with llama.cpp's own quantizer; ftype_name as llama.cpp spells it: "Q4_K_M", "Q6_K", ..."""
+    import llama_cpp  # the oracle: installed by the test extra, a hard requirement of these tests
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, "LLAMA_FTYPE_MOSTLY_" + ftype_name)
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    if rc != 0:
+        raise RuntimeError(f"llama.cpp failed to quantize {src} to {ftype_name} (code {rc})")
+    return dst
+
+
+if __name__ == "__main__":
+    out = sys.argv[1] if len(sys.argv) > 1 else "tiny.gguf"
+    print(write_tiny_llama(out))
+    print(f"wrote {out} ({os.path.getsize(out)} bytes)")
