@@ -4,14 +4,17 @@ transformers dequantizes every tensor of the GGUF (with gguf-py) into a float32 
 PyTorch forward: an implementation we did not write. Run it in a subprocess whose working directory is NOT the repo
 root, because our top-level `tokenizers.py` would shadow the `tokenizers` package that transformers imports:
 
-    python tests/oracle_transformers.py MODEL.gguf IDS_JSON OUT.npy [--greedy N]
+    python tests/oracle_transformers.py JOBS.json
 
-It writes float32 logits [n_tokens, vocab] for the given token ids (one full-sequence forward), or with --greedy N
-the N greedily generated ids after them, and the top-2 logit gap at each step (to spot genuine near-ties), as JSON.
-transformers ignores `rope_freqs.weight`; when the file has one, pass the Llama 3.1 scaling parameters with
---rope-scaling: they are set on the config, and transformers computes its own scaled frequencies from them.
+JOBS.json is a list of jobs, all run in one process (importing torch once):
+    {"model": "tiny.gguf", "ids": [1, 2, 3], "out": "logits.npy"}
+        float32 logits [n_tokens, vocab] of one full-sequence forward over the ids;
+    {"model": "tiny.gguf", "ids": [1, 2, 3], "out": "greedy.json", "greedy": 24}
+        the 24 greedily generated ids after them, with the top-2 logit gap at each step (to spot genuine near-ties).
+A job may add "rope_scaling": {"factor", "low_freq_factor", "high_freq_factor", "original_context"}: transformers
+ignores a GGUF's `rope_freqs.weight`, so the Llama 3.1 scaling parameters are set on its config instead and it
+computes its own scaled frequencies from them.
 """
-import argparse
 import json
 import os
 import sys
@@ -23,13 +26,17 @@ sys.path = [p for p in sys.path if os.path.abspath(p or ".") not in (os.path.dir
 import numpy as np
 import torch
 from transformers import AutoConfig, LlamaForCausalLM
+from transformers.utils import logging
+
+logging.set_verbosity_error()
+logging.disable_progress_bar()
 
 
 def load(path, rope_scaling):
     folder, name = os.path.split(os.path.abspath(path))
     config = AutoConfig.from_pretrained(folder, gguf_file=name)
     if rope_scaling:  # transformers >= 5 keeps theta and the scaling together in `rope_parameters`
-        s = json.loads(rope_scaling)
+        s = rope_scaling
         config.rope_parameters = {"rope_type": "llama3", "rope_theta": config.rope_parameters["rope_theta"],
                                   "factor": s["factor"], "low_freq_factor": s["low_freq_factor"],
                                   "high_freq_factor": s["high_freq_factor"],
@@ -39,36 +46,39 @@ def load(path, rope_scaling):
     return model
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("model")
-    ap.add_argument("ids")
-    ap.add_argument("out")
-    ap.add_argument("--greedy", type=int, default=0)
-    ap.add_argument("--rope-scaling", default="")
-    args = ap.parse_args()
+def greedy(model, ids, n):
+    """n greedy steps with transformers' own KV cache; returns the ids and the top-2 gap of each step."""
+    out, gaps, past, step = [], [], None, ids
+    for _ in range(n):
+        r = model(step, past_key_values=past, use_cache=True)
+        past = r.past_key_values
+        last = r.logits[0, -1].double()
+        top2 = torch.topk(last, 2).values
+        out.append(int(torch.argmax(last)))
+        gaps.append(float(top2[0] - top2[1]))
+        step = torch.tensor([[out[-1]]], dtype=torch.long)
+    return out, gaps
+
+
+def main(jobs_path):
     torch.set_num_threads(2)
-    model = load(args.model, args.rope_scaling)
-    ids = torch.tensor([json.loads(args.ids)], dtype=torch.long)
-    with torch.no_grad():
-        if not args.greedy:
-            logits = model(ids).logits[0].float().numpy()
-            np.save(args.out, logits.astype(np.float32))
-            return
-        out, gaps, past = [], [], None
-        step = ids
-        for _ in range(args.greedy):
-            r = model(step, past_key_values=past, use_cache=True)
-            past = r.past_key_values
-            last = r.logits[0, -1].double()
-            top2 = torch.topk(last, 2).values
-            nxt = int(torch.argmax(last))
-            out.append(nxt)
-            gaps.append(float(top2[0] - top2[1]))
-            step = torch.tensor([[nxt]], dtype=torch.long)
-        with open(args.out, "w") as f:
-            json.dump({"ids": out, "gaps": gaps}, f)
+    with open(jobs_path) as f:
+        jobs = json.load(f)
+    models = {}
+    for job in jobs:
+        key = (job["model"], json.dumps(job.get("rope_scaling")))
+        if key not in models:
+            models[key] = load(job["model"], job.get("rope_scaling"))
+        model = models[key]
+        ids = torch.tensor([job["ids"]], dtype=torch.long)
+        with torch.no_grad():
+            if job.get("greedy"):
+                out, gaps = greedy(model, ids, job["greedy"])
+                with open(job["out"], "w") as f:
+                    json.dump({"ids": out, "gaps": gaps}, f)
+            else:
+                np.save(job["out"], model(ids).logits[0].float().numpy())
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1])
