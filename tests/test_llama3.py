@@ -183,8 +183,9 @@ def test_generate_counts_and_limits(tiny):
 
 
 def test_generate_stops_at_stop_tokens(tiny):
-    greedy = list(llama3.generate(tiny, IDS[:5], 6, temperature=0, stop_ids=()))
-    assert list(llama3.generate(tiny, IDS[:5], 6, temperature=0, stop_ids={greedy[2]})) == greedy[:2]
+    greedy = list(llama3.generate(tiny, IDS[:5], 12, temperature=0, stop_ids=()))
+    j = next(j for j in range(1, 12) if greedy[j] not in greedy[:j])  # a token not generated before step j
+    assert list(llama3.generate(tiny, IDS[:5], 12, temperature=0, stop_ids={greedy[j]})) == greedy[:j]
     assert {265, 268} <= tiny.tokenizer.stop_ids  # <|end_of_text|> and <|eot_id|> of the tiny vocabulary
 
 
@@ -231,6 +232,11 @@ def test_cli_errors_are_one_line(args, status, words):
     assert "Traceback" not in r.stderr and words in r.stderr
     if status == 1:
         assert r.stderr.strip().count("\n") == 0 and r.stderr.startswith("llama3.py: error:")
+
+
+def test_cli_max_length_beyond_context(tiny_models):
+    r = cli("--model-path", tiny_models["f32"][0], "--max-length", "4096")  # the tiny model's context is 128
+    assert r.returncode == 1 and "context length 128" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_cli_prompt_longer_than_context(tiny_models):
