@@ -1,0 +1,1065 @@
+"""
+quant.py - the weight formats of GGUF files: dequantization, and matrix products that read them as stored.
+
+A GGUF file keeps each weight matrix in one of ggml's encodings. Plain ones store every weight as a float (F32,
+F16, BF16). Quantized ones cut each row into blocks of 32 or 256 weights and store, per block, a few float16
+scales plus a small integer per weight: w = scale * q (+ an offset, or minus a per-block minimum). Four or five
+bits per weight instead of 32 make an 8B model fit in 5 GB, and, since decoding one token reads every weight
+once, make it run about six times faster than F32: LLM inference is bound by memory bandwidth.
+
+Supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 (blocks of 32) and the "K-quants" Q2_K, Q3_K, Q4_K,
+Q5_K, Q6_K (super-blocks of 256 weights holding 8 or 16 sub-blocks, each with its own small integer scale). A
+"Q4_K_M" file mixes several of these per tensor, so every matrix carries its own type.
+
+How the file is organised: one section per type, each with
+  1. a header comment: the block struct with the size of each field in bytes, the dequantization formula in
+     one line, the bits per weight, and an assert that the block size agrees with gguf-py;
+  2. `dequantize_<type>(blocks)`: the readable NumPy reference, a whole array of blocks at a time;
+  3. its Numba twins, which work on one row (the raw bytes of one matrix row):
+       `dot_<type>(w, x, xs)`  the dot product of the row with x, dequantizing on the fly (decode: one token)
+       `row_<type>(w, out)`    the row dequantized into a float32 buffer (prompt: reused for every token)
+then the parallel drivers that run those over all rows, and the public API:
+
+    dequantize(data, qtype)    drop-in for gguf.quants.dequantize (uses the NumPy references)
+    QMatrix(data, qtype, shape) a [rows, cols] weight kept in its GGUF encoding (memory-mapped as read)
+    matmul(x, w)               x @ W.T for x [cols] or [n, cols], never dequantizing W as a whole
+    get_rows(w, ids)           the embedding lookup: dequantize just those rows
+    set_threads(n)             how many threads the Numba kernels use
+
+Concessions: activations stay float32 and the products accumulate in float32, so results match a float64
+product to about 1e-6 relative. llama.cpp is faster because it also quantizes the activations to int8 and
+multiplies integers with SIMD instructions; that changes the logits visibly, so it is not done here.
+The tests (tests/test_quant.py) check every reference against gguf-py and every kernel against its reference,
+on random blocks and on tensors quantized by llama.cpp itself.
+"""
+import numba
+import numpy as np
+import gguf
+from numba import njit, prange
+
+QT = gguf.GGMLQuantizationType
+QK = 32     # weights per block of the simple types
+QK_K = 256  # weights per super-block of the K-quants
+
+# The type codes as plain ints: the Numba kernels branch on them (an IntEnum would be a different Numba type).
+F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 = (int(QT[n]) for n in ("F32", "F16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"))
+Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, BF16 = (int(QT[n]) for n in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "BF16"))
+
+# ----------------------------------------------------------------------------------------------------------------
+# Helpers shared by all types
+
+
+def fields(blocks, *sizes):
+    """Cut raw blocks [n_blocks, type_size] into their fields, given each field's width in bytes:
+    fields(blocks, 2, 16) -> [d [n_blocks, 2], qs [n_blocks, 16]]."""
+    assert sum(sizes) == blocks.shape[1], (sizes, blocks.shape)
+    return np.split(blocks, np.cumsum(sizes)[:-1], axis=1)
+
+
+def half(b):
+    """fp16 field [n_blocks, 2] (bytes, little-endian) -> float32 [n_blocks, 1]."""
+    return np.ascontiguousarray(b).view(np.float16).astype(np.float32)
+
+
+def nibbles(qs):
+    """[..., m] bytes -> [..., 2m]: the m low nibbles, then the m high nibbles (the order of the 32-weight types)."""
+    return np.concatenate([qs & 15, qs >> 4], axis=-1)
+
+
+# How the Numba twins are written, and why (measured on an AVX2 machine; each habit was worth 1.2x to 4x):
+# - A dot product sums q * x over a (sub-)block first and multiplies by the block's scale once at the end: the
+#   scale is hoisted out of the inner loop, which is left with a load, a convert and a multiply-add per weight.
+# - Inner loops read slices taken per block (qs = w[...], xb = x[...]) with a fixed trip count: simple enough
+#   for LLVM to turn into SIMD code. Anything heavier (an array view per block, say) goes outside them.
+# - Numba does integer arithmetic in int64, and AVX2 has a SIMD int32 -> float conversion but none from int64.
+#   So each small integer is narrowed with np.int32(...) before np.float32(...) (1.2-1.4x faster loops).
+# - PAIRS: Q8_0, Q4_0 and Q4_1 take two blocks per step. A loop over one 32-weight block is too short to keep
+#   the SIMD units busy; two independent blocks in one loop body ran twice as fast (Q5_0, Q5_1: no gain).
+# - They accumulate in float32 with fastmath (free to reorder the sums): about 1e-7 relative error per block.
+
+
+@njit(cache=True)
+def fp16_to_f32(h):
+    """IEEE half (its 16 bits as an int) -> float32. Numba has no float16 type, so build the float32 bits:
+    same sign, exponent re-biased from 15 to 127, mantissa widened from 10 to 23 bits."""
+    sign = (h & 0x8000) << 16
+    em = h & 0x7FFF                  # exponent and mantissa
+    if em >= 0x7C00:                 # exponent all ones: inf or nan, stays all ones
+        return np.uint32(sign | 0x7F800000 | ((em & 0x3FF) << 13)).view(np.float32)
+    if em >= 0x0400:                 # normal number: shift into place, add 127 - 15 = 112 to the exponent
+        return np.uint32(sign | ((em << 13) + (112 << 23))).view(np.float32)
+    v = np.float32(em) * np.float32(2.0 ** -24)  # zero or subnormal: mantissa * 2^-24, exact in float32
+    return -v if sign else v
+
+
+@njit(cache=True)
+def fp16_at(w, i):
+    """The fp16 stored little-endian at bytes w[i], w[i+1], as float32."""
+    return fp16_to_f32(np.int64(w[i]) | (np.int64(w[i + 1]) << 8))
+
+
+@njit(cache=True)
+def u32_at(w, i):
+    """The uint32 stored little-endian at bytes w[i..i+3], as an int."""
+    return np.int64(w[i]) | (np.int64(w[i + 1]) << 8) | (np.int64(w[i + 2]) << 16) | (np.int64(w[i + 3]) << 24)
+
+
+@njit(cache=True)
+def scale_min_k4(s, j):
+    """Q4_K / Q5_K: the 6-bit scale and 6-bit min of sub-block j (0..7), packed into 12 bytes s.
+    Bytes 0-3 hold scales 0-3 and bytes 4-7 mins 0-3 in their low 6 bits; bytes 8-11 hold the low 4 bits of
+    scales 4-7 (low nibble) and mins 4-7 (high nibble), whose top 2 bits sit in the spare top bits of bytes 0-7."""
+    if j < 4:
+        return s[j] & 63, s[j + 4] & 63
+    sc = (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4)
+    m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4)
+    return sc, m
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# F32, F16, BF16: one float per weight (32, 16, 16 bits per weight)
+#
+#   F16 is IEEE half: 1 sign, 5 exponent, 10 mantissa bits. BF16 ("brain float") is the top half of an F32:
+#   1 sign, 8 exponent, 7 mantissa bits, so w = float32 with bits (b << 16).
+#   GGUFReader gives F32 as float32 [rows, cols], F16 as float16 [rows, cols], BF16 as raw uint8 [rows, 2*cols].
+
+assert gguf.GGML_QUANT_SIZES[QT.F32] == (1, 4)
+assert gguf.GGML_QUANT_SIZES[QT.F16] == (1, 2)
+assert gguf.GGML_QUANT_SIZES[QT.BF16] == (1, 2)
+
+
+def dequantize_f32(blocks):
+    return blocks.view(np.float32)                                      # [n, 4] bytes -> [n, 1]
+
+
+def dequantize_f16(blocks):
+    return blocks.view(np.float16).astype(np.float32)                   # [n, 2] bytes -> [n, 1]
+
+
+def dequantize_bf16(blocks):
+    return (blocks.view(np.uint16).astype(np.uint32) << 16).view(np.float32)  # [n, 2] bytes -> [n, 1]
+
+
+# The float types have no per-block offsets: their dot functions ignore xs. F16 goes through fp16_to_f32 one
+# weight at a time, a branchy scalar path (about 3 GB/s per thread here); BF16 is a shift, and vectorises.
+
+
+@njit(fastmath=True, cache=True)
+def dot_f32(w, x, xs):
+    wf = w.view(np.float32)                                             # [cols]
+    acc = np.float32(0.0)
+    for i in range(x.size):
+        acc += wf[i] * x[i]
+    return acc
+
+
+@njit(fastmath=True, cache=True)
+def row_f32(w, out):
+    out[:] = w.view(np.float32)
+
+
+@njit(fastmath=True, cache=True)
+def dot_f16(w, x, xs):
+    wh = w.view(np.uint16)                                              # [cols]
+    acc = np.float32(0.0)
+    for i in range(x.size):
+        acc += fp16_to_f32(np.int64(wh[i])) * x[i]
+    return acc
+
+
+@njit(fastmath=True, cache=True)
+def row_f16(w, out):
+    wh = w.view(np.uint16)
+    for i in range(out.size):
+        out[i] = fp16_to_f32(np.int64(wh[i]))
+
+
+@njit(fastmath=True, cache=True)
+def dot_bf16(w, x, xs):
+    wh = w.view(np.uint16)                                              # [cols]
+    acc = np.float32(0.0)
+    for i in range(x.size):
+        acc += np.uint32(np.uint32(wh[i]) << 16).view(np.float32) * x[i]
+    return acc
+
+
+@njit(fastmath=True, cache=True)
+def row_bf16(w, out):
+    wh = w.view(np.uint16)
+    for i in range(out.size):
+        out[i] = np.uint32(np.uint32(wh[i]) << 16).view(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Q8_0: 32 weights in 34 bytes = 8.5 bits per weight
+#
+#   struct block_q8_0 {     bytes
+#       fp16  d;            2      scale
+#       int8  qs[32];       32     one signed byte per weight
+#   };
+#   w[i] = d * qs[i]
+
+assert gguf.GGML_QUANT_SIZES[QT.Q8_0] == (QK, 2 + 32)
+
+
+def dequantize_q8_0(blocks):
+    d, qs = fields(blocks, 2, 32)
+    return half(d) * qs.view(np.int8).astype(np.float32)               # [n, 1] * [n, 32] -> [n, 32]
+
+
+@njit(fastmath=True, cache=True)
+def dot_q8_0(w, x, xs):
+    wi = w.view(np.int8)  # once per row: a view per block would cost more than the block's arithmetic
+    nb = x.size // QK
+    acc = np.float32(0.0)
+    for a in range(0, nb, 2):  # two blocks per step (see PAIRS above); b = a again at an odd end, then unused
+        b = min(a + 1, nb - 1)
+        qa = wi[34 * a + 2:34 * a + 34]                                 # [32]
+        qb = wi[34 * b + 2:34 * b + 34]                                 # [32]
+        xa = x[QK * a:QK * a + QK]                                      # [32]
+        xb = x[QK * b:QK * b + QK]                                      # [32]
+        sa = np.float32(0.0)
+        sb = np.float32(0.0)
+        for l in range(QK):
+            sa += np.float32(qa[l]) * xa[l]
+            sb += np.float32(qb[l]) * xb[l]
+        acc += fp16_at(w, 34 * a) * sa  # the scale is applied once per block, not per weight
+        if b != a:
+            acc += fp16_at(w, 34 * b) * sb
+    return acc
+
+
+@njit(fastmath=True, cache=True)
+def row_q8_0(w, out):
+    wi = w.view(np.int8)
+    for b in range(out.size // QK):
+        q = wi[34 * b + 2:34 * b + 34]
+        d = fp16_at(w, 34 * b)
+        for l in range(QK):
+            out[QK * b + l] = d * np.float32(q[l])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Q4_0: 32 weights in 18 bytes = 4.5 bits per weight
+#
+#   struct block_q4_0 {     bytes
+#       fp16  d;            2      scale
+#       uint8 qs[16];       16     nibbles: low nibble of qs[l] is weight l, high nibble weight l+16
+#   };
+#   w[i] = d * (q[i] - 8)             q in 0..15
+
+assert gguf.GGML_QUANT_SIZES[QT.Q4_0] == (QK, 2 + 16)
+
+
+def dequantize_q4_0(blocks):
+    d, qs = fields(blocks, 2, 16)
+    q = nibbles(qs).astype(np.float32)                                  # [n, 16] -> [n, 32]
+    return half(d) * (q - 8)                                            # [n, 32]
+
+
+@njit(fastmath=True, cache=True)
+def dot_q4_0(w, x, xs):
+    nb = x.size // QK
+    acc = np.float32(0.0)
+    for a in range(0, nb, 2):  # two blocks per step, as in dot_q8_0
+        b = min(a + 1, nb - 1)
+        qa = w[18 * a + 2:18 * a + 18]                                  # [16]
+        qb = w[18 * b + 2:18 * b + 18]                                  # [16]
+        xa = x[QK * a:QK * a + QK]                                      # [32]
+        xb = x[QK * b:QK * b + QK]                                      # [32]
+        sa = np.float32(0.0)
+        sb = np.float32(0.0)
+        for l in range(16):
+            sa += np.float32(np.int32(qa[l] & 15) - 8) * xa[l] + np.float32(np.int32(qa[l] >> 4) - 8) * xa[l + 16]
+            sb += np.float32(np.int32(qb[l] & 15) - 8) * xb[l] + np.float32(np.int32(qb[l] >> 4) - 8) * xb[l + 16]
+        acc += fp16_at(w, 18 * a) * sa
+        if b != a:
+            acc += fp16_at(w, 18 * b) * sb
+    return acc
+
+
+@njit(fastmath=True, cache=True)
+def row_q4_0(w, out):
+    for b in range(out.size // QK):
+        qs = w[18 * b + 2:18 * b + 18]
+        d = fp16_at(w, 18 * b)
+        for l in range(16):
+            out[QK * b + l] = d * np.float32(np.int32(qs[l] & 15) - 8)
+            out[QK * b + l + 16] = d * np.float32(np.int32(qs[l] >> 4) - 8)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Q4_1: 32 weights in 20 bytes = 5 bits per weight
+#
+#   struct block_q4_1 {     bytes
+#       fp16  d;            2      scale
+#       fp16  m;            2      minimum (offset)
+#       uint8 qs[16];       16     nibbles, in Q4_0's order
+#   };
+#   w[i] = d * q[i] + m               q in 0..15
+#
+# In a dot product the offset needs only the sum of x over the block: sum(w x) = d sum(q x) + m sum(x). Those
+# sums are the same for every row, so the driver computes them once per call (xs, one per 16 weights).
+
+assert gguf.GGML_QUANT_SIZES[QT.Q4_1] == (QK, 2 + 2 + 16)
+
+
+def dequantize_q4_1(blocks):
+    d, m, qs = fields(blocks, 2, 2, 16)
+    q = nibbles(qs).astype(np.float32)                                  # [n, 32]
+    return half(d) * q + half(m)                                        # [n, 32]
+
+
+@njit(fastmath=True, cache=True)
+def dot_q4_1(w, x, xs):
+    nb = x.size // QK
+    acc = np.float32(0.0)
+    for a in range(0, nb, 2):  # two blocks per step, as in dot_q8_0
+        b = min(a + 1, nb - 1)
+        qa = w[20 * a + 4:20 * a + 20]                                  # [16]
+        qb = w[20 * b + 4:20 * b + 20]                                  # [16]
+        xa = x[QK * a:QK * a + QK]                                      # [32]
+        xb = x[QK * b:QK * b + QK]                                      # [32]
+        sa = np.float32(0.0)
+        sb = np.float32(0.0)
+        for l in range(16):
+            sa += np.float32(np.int32(qa[l] & 15)) * xa[l] + np.float32(np.int32(qa[l] >> 4)) * xa[l + 16]
+            sb += np.float32(np.int32(qb[l] & 15)) * xb[l] + np.float32(np.int32(qb[l] >> 4)) * xb[l + 16]
+        acc += fp16_at(w, 20 * a) * sa + fp16_at(w, 20 * a + 2) * (xs[2 * a] + xs[2 * a + 1])
+        if b != a:
+            acc += fp16_at(w, 20 * b) * sb + fp16_at(w, 20 * b + 2) * (xs[2 * b] + xs[2 * b + 1])
+    return acc
+
+
+@njit(fastmath=True, cache=True)
+def row_q4_1(w, out):
+    for b in range(out.size // QK):
+        qs = w[20 * b + 4:20 * b + 20]
+        d, m = fp16_at(w, 20 * b), fp16_at(w, 20 * b + 2)
+        for l in range(16):
+            out[QK * b + l] = d * np.float32(np.int32(qs[l] & 15)) + m
+            out[QK * b + l + 16] = d * np.float32(np.int32(qs[l] >> 4)) + m
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Q5_0: 32 weights in 22 bytes = 5.5 bits per weight
+#
+#   struct block_q5_0 {     bytes
+#       fp16  d;            2      scale
+#       uint8 qh[4];        4      the 5th bit of each weight: bit i of this little-endian uint32 is weight i's
+#       uint8 qs[16];       16     the low 4 bits, in Q4_0's order
+#   };
+#   w[i] = d * (q[i] - 16)            q in 0..31
+
+assert gguf.GGML_QUANT_SIZES[QT.Q5_0] == (QK, 2 + 4 + 16)
+
+
+def dequantize_q5_0(blocks):
+    d, qh, qs = fields(blocks, 2, 4, 16)
+    high = np.unpackbits(qh, axis=1, bitorder="little")                 # [n, 4] -> [n, 32] bits
+    q = (nibbles(qs) | (high << 4)).astype(np.float32)                  # [n, 32]
+    return half(d) * (q - 16)                                           # [n, 32]
+
+
+@njit(fastmath=True, cache=True)
+def dot_q5_0(w, x, xs):
+    acc = np.float32(0.0)
+    for b in range(x.size // QK):  # one block per step: taking two (see PAIRS) did not help here
+        qs = w[22 * b + 6:22 * b + 22]                                  # [16]
+        qh = u32_at(w, 22 * b + 2)                                      # the 32 fifth bits
+        xb = x[QK * b:QK * b + QK]                                      # [32]
+        s0 = np.float32(0.0)
+        s1 = np.float32(0.0)
+        for l in range(16):
+            q0 = np.int32(qs[l] & 15) | np.int32(((qh >> l) & 1) << 4)
+            q1 = np.int32(qs[l] >> 4) | np.int32(((qh >> (l + 16)) & 1) << 4)
+            s0 += np.float32(q0 - 16) * xb[l]
+            s1 += np.float32(q1 - 16) * xb[l + 16]
+        acc += fp16_at(w, 22 * b) * (s0 + s1)
+    return acc
+
+
+@njit(fastmath=True, cache=True)
+def row_q5_0(w, out):
+    for b in range(out.size // QK):
+        blk = w[22 * b:22 * b + 22]
+        d = fp16_at(blk, 0)
+        qh = u32_at(blk, 2)
+        for l in range(16):
+            q = blk[6 + l]
+            out[QK * b + l] = d * np.float32(np.int32((q & 15) | (((qh >> l) & 1) << 4)) - 16)
+            out[QK * b + l + 16] = d * np.float32(np.int32((q >> 4) | (((qh >> (l + 16)) & 1) << 4)) - 16)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Q5_1: 32 weights in 24 bytes = 6 bits per weight
+#
+#   struct block_q5_1 {     bytes
+#       fp16  d;            2      scale
+#       fp16  m;            2      minimum (offset)
+#       uint8 qh[4];        4      5th bits, as in Q5_0
+#       uint8 qs[16];       16     low 4 bits, as in Q4_0
+#   };
+#   w[i] = d * q[i] + m               q in 0..31
+
+assert gguf.GGML_QUANT_SIZES[QT.Q5_1] == (QK, 2 + 2 + 4 + 16)
+
+
+def dequantize_q5_1(blocks):
+    d, m, qh, qs = fields(blocks, 2, 2, 4, 16)
+    high = np.unpackbits(qh, axis=1, bitorder="little")                 # [n, 32]
+    q = (nibbles(qs) | (high << 4)).astype(np.float32)                  # [n, 32]
+    return half(d) * q + half(m)                                        # [n, 32]
+
+
+@njit(fastmath=True, cache=True)
+def dot_q5_1(w, x, xs):
+    acc = np.float32(0.0)
+    for b in range(x.size // QK):
+        qs = w[24 * b + 8:24 * b + 24]                                  # [16]
+        qh = u32_at(w, 24 * b + 4)                                      # the 32 fifth bits
+        xb = x[QK * b:QK * b + QK]                                      # [32]
+        s0 = np.float32(0.0)
+        s1 = np.float32(0.0)
+        for l in range(16):
+            q0 = np.int32(qs[l] & 15) | np.int32(((qh >> l) & 1) << 4)
+            q1 = np.int32(qs[l] >> 4) | np.int32(((qh >> (l + 16)) & 1) << 4)
+            s0 += np.float32(q0) * xb[l]
+            s1 += np.float32(q1) * xb[l + 16]
+        acc += fp16_at(w, 24 * b) * (s0 + s1) + fp16_at(w, 24 * b + 2) * (xs[2 * b] + xs[2 * b + 1])
+    return acc
+
+
+@njit(fastmath=True, cache=True)
+def row_q5_1(w, out):
+    for b in range(out.size // QK):
+        blk = w[24 * b:24 * b + 24]
+        d, m = fp16_at(blk, 0), fp16_at(blk, 2)
+        qh = u32_at(blk, 4)
+        for l in range(16):
+            q = blk[8 + l]
+            out[QK * b + l] = d * np.float32(np.int32((q & 15) | (((qh >> l) & 1) << 4))) + m
+            out[QK * b + l + 16] = d * np.float32(np.int32((q >> 4) | (((qh >> (l + 16)) & 1) << 4))) + m
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Q2_K: 256 weights in 84 bytes = 2.625 bits per weight; 16 sub-blocks of 16 weights
+#
+#   struct block_q2_K {     bytes
+#       uint8 scales[16];   16     per sub-block: low nibble a 4-bit scale, high nibble a 4-bit min
+#       uint8 qs[64];       64     2-bit weights: two halves of 32 bytes; in half h, bits 2j..2j+1 of byte l
+#                                  are weight 128h + 32j + l
+#       fp16  d;            2      super-block scale of the scales
+#       fp16  dmin;         2      super-block scale of the mins
+#   };
+#   w[i] = d * sc[s] * q[i] - dmin * m[s]    q in 0..3, s = i // 16 the sub-block
+
+assert gguf.GGML_QUANT_SIZES[QT.Q2_K] == (QK_K, 16 + 64 + 2 + 2)
+
+
+def dequantize_q2_k(blocks):
+    n = blocks.shape[0]
+    scales, qs, d, dmin = fields(blocks, 16, 64, 2, 2)
+    shifts = np.array([0, 2, 4, 6], np.uint8).reshape(1, 1, 4, 1)
+    q = (qs.reshape(n, 2, 1, 32) >> shifts) & 3                         # [n, 2 halves, 4 shifts, 32]
+    q = q.reshape(n, 16, 16).astype(np.float32)                         # [n, 16 sub-blocks, 16]
+    sc = (half(d) * (scales & 15)).reshape(n, 16, 1)                    # [n, 16, 1]
+    m = (half(dmin) * (scales >> 4)).reshape(n, 16, 1)                  # [n, 16, 1]
+    return (sc * q - m).reshape(n, QK_K)                                # [n, 256]
+
+
+@njit(fastmath=True, cache=True)
+def dot_q2_k(w, x, xs):
+    acc = np.float32(0.0)
+    for b in range(x.size // QK_K):
+        blk = w[84 * b:84 * b + 84]
+        xb = x[QK_K * b:QK_K * b + QK_K]
+        sq = np.float32(0.0)   # sum over sub-blocks of sc * sum(q x)
+        sm = np.float32(0.0)   # sum over sub-blocks of m * sum(x)
+        for h in range(2):
+            qs = blk[16 + 32 * h:16 + 32 * h + 32]
+            for j in range(4):
+                i0 = 128 * h + 32 * j           # first weight of these 32: sub-blocks i0//16 and i0//16 + 1
+                s0 = np.float32(0.0)
+                s1 = np.float32(0.0)
+                for l in range(16):
+                    s0 += np.float32(np.int32((qs[l] >> (2 * j)) & 3)) * xb[i0 + l]
+                    s1 += np.float32(np.int32((qs[l + 16] >> (2 * j)) & 3)) * xb[i0 + 16 + l]
+                k = i0 // 16
+                sq += np.float32(blk[k] & 15) * s0 + np.float32(blk[k + 1] & 15) * s1
+                sm += np.float32(blk[k] >> 4) * xs[16 * b + k] + np.float32(blk[k + 1] >> 4) * xs[16 * b + k + 1]
+        acc += fp16_at(blk, 80) * sq - fp16_at(blk, 82) * sm
+    return acc
+
+
+@njit(fastmath=True, cache=True)
+def row_q2_k(w, out):
+    for b in range(out.size // QK_K):
+        blk = w[84 * b:84 * b + 84]
+        ob = out[QK_K * b:QK_K * b + QK_K]
+        d, dmin = fp16_at(blk, 80), fp16_at(blk, 82)
+        for h in range(2):
+            qs = blk[16 + 32 * h:16 + 32 * h + 32]
+            for j in range(4):
+                for half16 in range(2):
+                    i0 = 128 * h + 32 * j + 16 * half16
+                    sc = d * np.float32(blk[i0 // 16] & 15)
+                    m = dmin * np.float32(blk[i0 // 16] >> 4)
+                    for l in range(16):
+                        ob[i0 + l] = sc * np.float32(np.int32((qs[16 * half16 + l] >> (2 * j)) & 3)) - m
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Q3_K: 256 weights in 110 bytes = 3.4375 bits per weight; 16 sub-blocks of 16 weights
+#
+#   struct block_q3_K {     bytes
+#       uint8 hmask[32];    32     3rd bit of each weight: bit k of byte l is weight 32k + l
+#       uint8 qs[64];       64     low 2 bits, laid out as in Q2_K
+#       uint8 scales[12];   12     16 6-bit scales: low 4 bits in bytes 0-7 (sub-blocks 0-7 in the low
+#                                  nibbles, 8-15 in the high), top 2 bits in bytes 8-11 (sub-block s at
+#                                  bits 2*(s//4) of byte 8 + s%4)
+#       fp16  d;            2      super-block scale
+#   };
+#   w[i] = d * (sc[s] - 32) * (q[i] - 4 * (1 - hbit[i]))    q in 0..3, so weights in -4..3 (a set bit means
+#                                                           "no -4": the mask stores the complement)
+
+assert gguf.GGML_QUANT_SIZES[QT.Q3_K] == (QK_K, 32 + 64 + 12 + 2)
+
+
+def dequantize_q3_k(blocks):
+    n = blocks.shape[0]
+    hmask, qs, scales, d = fields(blocks, 32, 64, 12, 2)
+    low = nibbles(scales[:, :8])                                        # [n, 16]: scale bits 0-3
+    shifts = np.array([0, 2, 4, 6], np.uint8).reshape(1, 4, 1)
+    high = (scales[:, 8:].reshape(n, 1, 4) >> shifts) & 3               # [n, 4 shifts, 4 bytes] scale bits 4-5
+    sc = (low | (high.reshape(n, 16) << 4)).astype(np.float32) - 32     # [n, 16] in -32..31
+    q = (qs.reshape(n, 2, 1, 32) >> shifts.reshape(1, 1, 4, 1)) & 3     # [n, 2, 4, 32] low 2 bits
+    bits = np.arange(8, dtype=np.uint8).reshape(1, 8, 1)
+    hbit = (hmask.reshape(n, 1, 32) >> bits) & 1                        # [n, 8, 32] third bit
+    q = q.reshape(n, QK_K).astype(np.int8) - 4 * (1 - hbit.reshape(n, QK_K).astype(np.int8))  # [n, 256]
+    dl = (half(d) * sc).reshape(n, 16, 1)                               # [n, 16, 1]
+    return (dl * q.reshape(n, 16, 16).astype(np.float32)).reshape(n, QK_K)  # [n, 256]
+
+
+@njit(cache=True)
+def scale_q3_k(s, k):
+    """Q3_K: the signed scale of sub-block k (0..15) from the 12 packed bytes s."""
+    low = (s[k & 7] >> (4 * (k >> 3))) & 15
+    high = (s[8 + (k & 3)] >> (2 * (k >> 2))) & 3
+    return (low | (high << 4)) - 32
+
+
+@njit(fastmath=True, cache=True)
+def dot_q3_k(w, x, xs):
+    acc = np.float32(0.0)
+    for b in range(x.size // QK_K):
+        blk = w[110 * b:110 * b + 110]
+        xb = x[QK_K * b:QK_K * b + QK_K]
+        hmask = blk[0:32]
+        scales = blk[96:108]
+        sb = np.float32(0.0)
+        for h in range(2):
+            qs = blk[32 + 32 * h:32 + 32 * h + 32]
+            for j in range(4):
+                i0 = 128 * h + 32 * j       # weights i0..i0+31: sub-blocks i0//16, i0//16 + 1; hmask bit i0//32
+                bit = 4 * h + j
+                s0 = np.float32(0.0)
+                s1 = np.float32(0.0)
+                for l in range(16):
+                    q0 = ((qs[l] >> (2 * j)) & 3) - 4 + 4 * ((hmask[l] >> bit) & 1)
+                    q1 = ((qs[l + 16] >> (2 * j)) & 3) - 4 + 4 * ((hmask[l + 16] >> bit) & 1)
+                    s0 += np.float32(np.int32(q0)) * xb[i0 + l]
+                    s1 += np.float32(np.int32(q1)) * xb[i0 + 16 + l]
+                k = i0 // 16
+                sb += np.float32(scale_q3_k(scales, k)) * s0 + np.float32(scale_q3_k(scales, k + 1)) * s1
+        acc += fp16_at(blk, 108) * sb
+    return acc
+
+
+@njit(fastmath=True, cache=True)
+def row_q3_k(w, out):
+    for b in range(out.size // QK_K):
+        blk = w[110 * b:110 * b + 110]
+        ob = out[QK_K * b:QK_K * b + QK_K]
+        hmask = blk[0:32]
+        d = fp16_at(blk, 108)
+        for h in range(2):
+            qs = blk[32 + 32 * h:32 + 32 * h + 32]
+            for j in range(4):
+                bit = 4 * h + j
+                for half16 in range(2):
+                    i0 = 128 * h + 32 * j + 16 * half16
+                    dl = d * np.float32(scale_q3_k(blk[96:108], i0 // 16))
+                    for l in range(16 * half16, 16 * half16 + 16):
+                        q = ((qs[l] >> (2 * j)) & 3) - 4 + 4 * ((hmask[l] >> bit) & 1)
+                        ob[128 * h + 32 * j + l] = dl * np.float32(np.int32(q))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Q4_K: 256 weights in 144 bytes = 4.5 bits per weight; 8 sub-blocks of 32 weights
+#
+#   struct block_q4_K {     bytes
+#       fp16  d;            2      super-block scale of the scales
+#       fp16  dmin;         2      super-block scale of the mins
+#       uint8 scales[12];   12     8 6-bit scales and 8 6-bit mins, packed (see scale_min_k4)
+#       uint8 qs[128];      128    nibbles: 4 groups of 32 bytes; group g holds sub-block 2g in its low
+#                                  nibbles and sub-block 2g+1 in its high nibbles
+#   };
+#   w[i] = d * sc[s] * q[i] - dmin * m[s]    q in 0..15, s = i // 32 the sub-block
+
+assert gguf.GGML_QUANT_SIZES[QT.Q4_K] == (QK_K, 2 + 2 + 12 + 128)
+
+
+def scale_min_k4_np(scales):
+    """The NumPy twin of scale_min_k4: packed [n, 12] -> scales [n, 8], mins [n, 8]."""
+    a, b, c = scales[:, 0:4], scales[:, 4:8], scales[:, 8:12]          # [n, 4] each
+    sc = np.concatenate([a & 63, (c & 15) | ((a >> 6) << 4)], axis=1)   # [n, 8]
+    m = np.concatenate([b & 63, (c >> 4) | ((b >> 6) << 4)], axis=1)    # [n, 8]
+    return sc, m
+
+
+def dequantize_q4_k(blocks):
+    n = blocks.shape[0]
+    d, dmin, scales, qs = fields(blocks, 2, 2, 12, 128)
+    sc, m = scale_min_k4_np(scales)                                     # [n, 8], [n, 8]
+    qs = qs.reshape(n, 4, 1, 32)
+    q = np.concatenate([qs & 15, qs >> 4], axis=2)                      # [n, 4 groups, 2 nibbles, 32]
+    q = q.reshape(n, 8, 32).astype(np.float32)                          # [n, 8 sub-blocks, 32]
+    dl = (half(d) * sc).reshape(n, 8, 1)                                # [n, 8, 1]
+    ml = (half(dmin) * m).reshape(n, 8, 1)                              # [n, 8, 1]
+    return (dl * q - ml).reshape(n, QK_K)                               # [n, 256]
+
+
+@njit(fastmath=True, cache=True)
+def dot_q4_k(w, x, xs):
+    acc = np.float32(0.0)
+    for b in range(x.size // QK_K):
+        blk = w[144 * b:144 * b + 144]
+        xb = x[QK_K * b:QK_K * b + QK_K]
+        scales = blk[4:16]
+        sq = np.float32(0.0)   # sum over sub-blocks of sc * sum(q x)
+        sm = np.float32(0.0)   # sum over sub-blocks of m * sum(x)
+        for g in range(4):
+            qs = blk[16 + 32 * g:16 + 32 * g + 32]
+            x0 = xb[64 * g:64 * g + 32]         # sub-block 2g: the low nibbles
+            x1 = xb[64 * g + 32:64 * g + 64]    # sub-block 2g+1: the high nibbles
+            s0 = np.float32(0.0)
+            s1 = np.float32(0.0)
+            for l in range(32):
+                s0 += np.float32(np.int32(qs[l] & 15)) * x0[l]
+                s1 += np.float32(np.int32(qs[l] >> 4)) * x1[l]
+            sc0, m0 = scale_min_k4(scales, 2 * g)
+            sc1, m1 = scale_min_k4(scales, 2 * g + 1)
+            sq += np.float32(sc0) * s0 + np.float32(sc1) * s1
+            k = 16 * b + 4 * g                  # xs index of this group's first 16 weights
+            sm += np.float32(m0) * (xs[k] + xs[k + 1]) + np.float32(m1) * (xs[k + 2] + xs[k + 3])
+        acc += fp16_at(blk, 0) * sq - fp16_at(blk, 2) * sm
+    return acc
+
+
+@njit(fastmath=True, cache=True)
+def row_q4_k(w, out):
+    for b in range(out.size // QK_K):
+        blk = w[144 * b:144 * b + 144]
+        ob = out[QK_K * b:QK_K * b + QK_K]
+        d, dmin = fp16_at(blk, 0), fp16_at(blk, 2)
+        for j in range(8):
+            sc, m = scale_min_k4(blk[4:16], j)
+            dl = d * np.float32(sc)
+            ml = dmin * np.float32(m)
+            qs = blk[16 + 32 * (j // 2):16 + 32 * (j // 2) + 32]
+            shift = 4 * (j % 2)
+            for l in range(32):
+                ob[32 * j + l] = dl * np.float32(np.int32((qs[l] >> shift) & 15)) - ml
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Q5_K: 256 weights in 176 bytes = 5.5 bits per weight; 8 sub-blocks of 32 weights
+#
+#   struct block_q5_K {     bytes
+#       fp16  d;            2      super-block scale of the scales
+#       fp16  dmin;         2      super-block scale of the mins
+#       uint8 scales[12];   12     as in Q4_K
+#       uint8 qh[32];       32     5th bit of each weight: bit s of byte l is weight 32s + l
+#       uint8 qs[128];      128    low 4 bits, as in Q4_K
+#   };
+#   w[i] = d * sc[s] * q[i] - dmin * m[s]    q in 0..31, s = i // 32
+
+assert gguf.GGML_QUANT_SIZES[QT.Q5_K] == (QK_K, 2 + 2 + 12 + 32 + 128)
+
+
+def dequantize_q5_k(blocks):
+    n = blocks.shape[0]
+    d, dmin, scales, qh, qs = fields(blocks, 2, 2, 12, 32, 128)
+    sc, m = scale_min_k4_np(scales)                                     # [n, 8], [n, 8]
+    qs = qs.reshape(n, 4, 1, 32)
+    low = np.concatenate([qs & 15, qs >> 4], axis=2).reshape(n, 8, 32)  # [n, 8 sub-blocks, 32]
+    bits = np.arange(8, dtype=np.uint8).reshape(1, 8, 1)
+    high = (qh.reshape(n, 1, 32) >> bits) & 1                           # [n, 8, 32]
+    q = (low | (high << 4)).astype(np.float32)                          # [n, 8, 32]
+    dl = (half(d) * sc).reshape(n, 8, 1)                                # [n, 8, 1]
+    ml = (half(dmin) * m).reshape(n, 8, 1)                              # [n, 8, 1]
+    return (dl * q - ml).reshape(n, QK_K)                               # [n, 256]
+
+
+@njit(fastmath=True, cache=True)
+def dot_q5_k(w, x, xs):
+    acc = np.float32(0.0)
+    for b in range(x.size // QK_K):
+        blk = w[176 * b:176 * b + 176]
+        xb = x[QK_K * b:QK_K * b + QK_K]
+        scales = blk[4:16]
+        qh = blk[16:48]
+        sq = np.float32(0.0)
+        sm = np.float32(0.0)
+        for g in range(4):
+            qs = blk[48 + 32 * g:48 + 32 * g + 32]
+            x0 = xb[64 * g:64 * g + 32]         # sub-block 2g: low nibbles, qh bit 2g
+            x1 = xb[64 * g + 32:64 * g + 64]    # sub-block 2g+1: high nibbles, qh bit 2g+1
+            s0 = np.float32(0.0)
+            s1 = np.float32(0.0)
+            for l in range(32):
+                q0 = np.int32(qs[l] & 15) | (np.int32((qh[l] >> (2 * g)) & 1) << 4)
+                q1 = np.int32(qs[l] >> 4) | (np.int32((qh[l] >> (2 * g + 1)) & 1) << 4)
+                s0 += np.float32(np.int32(q0)) * x0[l]
+                s1 += np.float32(np.int32(q1)) * x1[l]
+            sc0, m0 = scale_min_k4(scales, 2 * g)
+            sc1, m1 = scale_min_k4(scales, 2 * g + 1)
+            sq += np.float32(sc0) * s0 + np.float32(sc1) * s1
+            k = 16 * b + 4 * g
+            sm += np.float32(m0) * (xs[k] + xs[k + 1]) + np.float32(m1) * (xs[k + 2] + xs[k + 3])
+        acc += fp16_at(blk, 0) * sq - fp16_at(blk, 2) * sm
+    return acc
+
+
+@njit(fastmath=True, cache=True)
+def row_q5_k(w, out):
+    for b in range(out.size // QK_K):
+        blk = w[176 * b:176 * b + 176]
+        ob = out[QK_K * b:QK_K * b + QK_K]
+        d, dmin = fp16_at(blk, 0), fp16_at(blk, 2)
+        qh = blk[16:48]
+        for j in range(8):
+            sc, m = scale_min_k4(blk[4:16], j)
+            dl = d * np.float32(sc)
+            ml = dmin * np.float32(m)
+            qs = blk[48 + 32 * (j // 2):48 + 32 * (j // 2) + 32]
+            shift = 4 * (j % 2)
+            for l in range(32):
+                q = ((qs[l] >> shift) & 15) | (((qh[l] >> j) & 1) << 4)
+                ob[32 * j + l] = dl * np.float32(np.int32(q)) - ml
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Q6_K: 256 weights in 210 bytes = 6.5625 bits per weight; 16 sub-blocks of 16 weights
+#
+#   struct block_q6_K {     bytes
+#       uint8 ql[128];      128    low 4 bits: two halves of 64 bytes; in half h, the low nibble of byte l is
+#                                  weight 128h + l and the high nibble weight 128h + 64 + l
+#       uint8 qh[64];       64     top 2 bits: two halves of 32 bytes; in half h, bits 2k..2k+1 of byte l
+#                                  are weight 128h + 32k + l
+#       int8  scales[16];   16     signed 8-bit scale per sub-block
+#       fp16  d;            2      super-block scale (at the END of this struct)
+#   };
+#   w[i] = d * scales[s] * (q[i] - 32)       q in 0..63, s = i // 16
+
+assert gguf.GGML_QUANT_SIZES[QT.Q6_K] == (QK_K, 128 + 64 + 16 + 2)
+
+
+def dequantize_q6_k(blocks):
+    n = blocks.shape[0]
+    ql, qh, scales, d = fields(blocks, 128, 64, 16, 2)
+    low = nibbles(ql.reshape(n, 2, 64))                                 # [n, 2 halves, 128]
+    shifts = np.array([0, 2, 4, 6], np.uint8).reshape(1, 1, 4, 1)
+    high = (qh.reshape(n, 2, 1, 32) >> shifts) & 3                      # [n, 2 halves, 4, 32]
+    q = (low | (high.reshape(n, 2, 128) << 4)).astype(np.float32) - 32  # [n, 2, 128] in -32..31
+    dl = (half(d) * scales.view(np.int8)).reshape(n, 16, 1)             # [n, 16, 1]
+    return (dl * q.reshape(n, 16, 16)).reshape(n, QK_K)                 # [n, 256]
+
+
+@njit(fastmath=True, cache=True)
+def dot_q6_k(w, x, xs):
+    acc = np.float32(0.0)
+    for b in range(x.size // QK_K):
+        blk = w[210 * b:210 * b + 210]
+        scales = blk[192:208].view(np.int8)
+        sb = np.float32(0.0)
+        for h in range(2):
+            ql = blk[64 * h:64 * h + 64]
+            qh = blk[128 + 32 * h:128 + 32 * h + 32]
+            xh = x[QK_K * b + 128 * h:QK_K * b + 128 * h + 128]
+            for k in range(4):  # weights 32k..32k+31 of this half: ql bytes 32*(k%2)+l, nibble k//2, qh bits 2k
+                lo = ql[32 * (k % 2):32 * (k % 2) + 32]
+                shift = 4 * (k // 2)
+                s0 = np.float32(0.0)
+                s1 = np.float32(0.0)
+                for l in range(16):
+                    q0 = ((lo[l] >> shift) & 15) | (((qh[l] >> (2 * k)) & 3) << 4)
+                    q1 = ((lo[l + 16] >> shift) & 15) | (((qh[l + 16] >> (2 * k)) & 3) << 4)
+                    s0 += np.float32(np.int32(q0) - 32) * xh[32 * k + l]
+                    s1 += np.float32(np.int32(q1) - 32) * xh[32 * k + 16 + l]
+                sb += np.float32(scales[8 * h + 2 * k]) * s0 + np.float32(scales[8 * h + 2 * k + 1]) * s1
+        acc += fp16_at(blk, 208) * sb
+    return acc
+
+
+@njit(fastmath=True, cache=True)
+def row_q6_k(w, out):
+    for b in range(out.size // QK_K):
+        blk = w[210 * b:210 * b + 210]
+        scales = blk[192:208].view(np.int8)
+        d = fp16_at(blk, 208)
+        for h in range(2):
+            ql = blk[64 * h:64 * h + 64]
+            qh = blk[128 + 32 * h:128 + 32 * h + 32]
+            oh = out[QK_K * b + 128 * h:QK_K * b + 128 * h + 128]
+            for k in range(4):
+                lo = ql[32 * (k % 2):32 * (k % 2) + 32]
+                shift = 4 * (k // 2)
+                for half16 in range(2):
+                    dl = d * np.float32(scales[8 * h + 2 * k + half16])
+                    for l in range(16 * half16, 16 * half16 + 16):
+                        q = ((lo[l] >> shift) & 15) | (((qh[l] >> (2 * k)) & 3) << 4)
+                        oh[32 * k + l] = dl * np.float32(np.int32(q) - 32)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Dispatch and the parallel drivers
+#
+# The drivers are written once for all types and branch on the type code per row (the branch costs nothing
+# next to a row's work). Passing the row function itself as an argument would read better, but Numba cannot
+# cache a function compiled for a function-typed argument, so it would recompile on every run.
+
+REFERENCE = {  # qtype -> NumPy reference: raw blocks [n_blocks, type_size] uint8 -> [n_blocks, block_size] f32
+    QT.F32: dequantize_f32, QT.F16: dequantize_f16, QT.BF16: dequantize_bf16,
+    QT.Q8_0: dequantize_q8_0, QT.Q4_0: dequantize_q4_0, QT.Q4_1: dequantize_q4_1,
+    QT.Q5_0: dequantize_q5_0, QT.Q5_1: dequantize_q5_1,
+    QT.Q2_K: dequantize_q2_k, QT.Q3_K: dequantize_q3_k, QT.Q4_K: dequantize_q4_k,
+    QT.Q5_K: dequantize_q5_k, QT.Q6_K: dequantize_q6_k,
+}
+SUPPORTED = frozenset(REFERENCE)
+
+
+@njit(fastmath=True, cache=True)
+def dot_row(kind, w, x, xs):
+    """One matrix row (its raw bytes w) dotted with x; xs[k] = sum(x[16k:16k+16])."""
+    # the types of a Q4_K_M file first; the order hardly matters, the branch is taken once per row
+    if kind == Q4_K:
+        return dot_q4_k(w, x, xs)
+    elif kind == Q6_K:
+        return dot_q6_k(w, x, xs)
+    elif kind == Q4_0:
+        return dot_q4_0(w, x, xs)
+    elif kind == Q8_0:
+        return dot_q8_0(w, x, xs)
+    elif kind == Q5_K:
+        return dot_q5_k(w, x, xs)
+    elif kind == Q3_K:
+        return dot_q3_k(w, x, xs)
+    elif kind == Q2_K:
+        return dot_q2_k(w, x, xs)
+    elif kind == Q4_1:
+        return dot_q4_1(w, x, xs)
+    elif kind == Q5_0:
+        return dot_q5_0(w, x, xs)
+    elif kind == Q5_1:
+        return dot_q5_1(w, x, xs)
+    elif kind == F32:
+        return dot_f32(w, x, xs)
+    elif kind == F16:
+        return dot_f16(w, x, xs)
+    elif kind == BF16:
+        return dot_bf16(w, x, xs)
+    return np.float32(np.nan)  # unreachable: QMatrix only accepts SUPPORTED types
+
+
+@njit(fastmath=True, cache=True)
+def deq_row(kind, w, out):
+    """One matrix row (its raw bytes w) dequantized into out [cols]."""
+    if kind == Q4_K:
+        row_q4_k(w, out)
+    elif kind == Q6_K:
+        row_q6_k(w, out)
+    elif kind == Q4_0:
+        row_q4_0(w, out)
+    elif kind == Q8_0:
+        row_q8_0(w, out)
+    elif kind == Q5_K:
+        row_q5_k(w, out)
+    elif kind == Q3_K:
+        row_q3_k(w, out)
+    elif kind == Q2_K:
+        row_q2_k(w, out)
+    elif kind == Q4_1:
+        row_q4_1(w, out)
+    elif kind == Q5_0:
+        row_q5_0(w, out)
+    elif kind == Q5_1:
+        row_q5_1(w, out)
+    elif kind == F32:
+        row_f32(w, out)
+    elif kind == F16:
+        row_f16(w, out)
+    elif kind == BF16:
+        row_bf16(w, out)
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def matvec_kernel(kind, w, x, out):
+    """out[r] = W[r] . x for every row r: w [rows, bytes_per_row] raw, x [cols], out [rows]."""
+    xs = np.empty(x.size // 16, np.float32)  # per-16 sums of x, for the types with a min / offset per block
+    for k in range(xs.size):
+        xs[k] = x[16 * k:16 * k + 16].sum()
+    for r in prange(w.shape[0]):
+        out[r] = dot_row(kind, w[r], x, xs)
+
+
+TILE = 4  # rows dequantized together in the batched kernel, which is written out for exactly 4: each x value
+          # loaded is used 4 times
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def matmul_kernel(kind, w, x, out):
+    """out[t, r] = W[r] . x[t]: w [rows, bytes_per_row] raw, x [n, cols], out [n, rows].
+    Each thread takes TILE rows at a time, dequantizes them once into a small buffer, then runs all n tokens
+    through them: a row's bytes are decoded once per call, not once per token."""
+    rows = w.shape[0]
+    n, cols = x.shape
+    for t in prange((rows + TILE - 1) // TILE):
+        r0 = TILE * t
+        nr = min(TILE, rows - r0)
+        buf = np.zeros((TILE, cols), np.float32)  # rows past the end of W stay zero and are not stored
+        for i in range(nr):
+            deq_row(kind, w[r0 + i], buf[i])
+        b0, b1, b2, b3 = buf[0], buf[1], buf[2], buf[3]
+        for k in range(n):
+            xk = x[k]
+            a0 = a1 = a2 = a3 = np.float32(0.0)
+            for c in range(cols):
+                a0 += b0[c] * xk[c]
+                a1 += b1[c] * xk[c]
+                a2 += b2[c] * xk[c]
+                a3 += b3[c] * xk[c]
+            out[k, r0] = a0
+            if nr > 1:
+                out[k, r0 + 1] = a1
+            if nr > 2:
+                out[k, r0 + 2] = a2
+            if nr > 3:
+                out[k, r0 + 3] = a3
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Public API
+
+
+def dequantize(data, qtype):
+    """Raw tensor data as GGUFReader gives it -> float32 [..., n_per_row]; the same contract as
+    gguf.quants.dequantize, so either can stand in for the other. Works through the NumPy references a chunk
+    of blocks at a time, so the temporaries stay small even for a whole embedding matrix."""
+    qtype = QT(qtype)
+    if qtype not in SUPPORTED:
+        raise NotImplementedError(f"quant.dequantize: {qtype.name} is not supported")
+    data = np.ascontiguousarray(data)
+    if qtype == QT.F32 and data.dtype == np.float32:
+        return data  # already the answer (gguf-py returns it as is too)
+    block_size, type_size = gguf.GGML_QUANT_SIZES[qtype]
+    raw = data.view(np.uint8)                                           # [..., bytes_per_row]
+    if raw.ndim == 0 or raw.shape[-1] % type_size:
+        raise ValueError(f"{qtype.name}: rows of {raw.shape[-1:]} bytes are not whole {type_size}-byte blocks")
+    blocks = raw.reshape(-1, type_size)                                 # [n_blocks, type_size]
+    out = np.empty((blocks.shape[0], block_size), np.float32)           # [n_blocks, block_size]
+    step = 1 << 16
+    for i in range(0, blocks.shape[0], step):
+        out[i:i + step] = REFERENCE[qtype](blocks[i:i + step])
+    return out.reshape(*raw.shape[:-1], raw.shape[-1] // type_size * block_size)
+
+
+class QMatrix:
+    """A 2-D weight [rows, cols] kept in its GGUF encoding: data as GGUFReader gives it (tensor.data, usually a
+    read-only memory map), qtype a GGMLQuantizationType, shape in numpy order (the reverse of GGUF's ne).
+    Validates everything the kernels rely on, since Numba kernels do no bounds checks."""
+
+    def __init__(self, data, qtype, shape):
+        try:
+            qtype = QT(qtype)
+        except ValueError:
+            raise ValueError(f"QMatrix: unknown GGML type {qtype!r}") from None
+        if qtype not in SUPPORTED:
+            raise ValueError(f"QMatrix: {qtype.name} is not supported (supported: "
+                             f"{', '.join(sorted(t.name for t in SUPPORTED))})")
+        shape = tuple(np.atleast_1d(shape))
+        if len(shape) != 2 or min(shape) < 1:
+            raise ValueError(f"QMatrix: shape must be (rows, cols) with both >= 1, got {tuple(shape)}")
+        rows, cols = int(shape[0]), int(shape[1])
+        block_size, type_size = gguf.GGML_QUANT_SIZES[qtype]
+        if cols % block_size:
+            raise ValueError(f"QMatrix: {qtype.name} needs cols a multiple of {block_size}, got {cols}")
+        bytes_per_row = cols // block_size * type_size
+        data = np.asarray(data)
+        dtypes = {QT.F32: (np.float32,), QT.F16: (np.float16, np.uint16), QT.BF16: (np.uint8, np.uint16)}
+        allowed = dtypes.get(qtype, (np.uint8,))
+        if data.dtype not in allowed:
+            raise ValueError(f"QMatrix: {qtype.name} data must be {' or '.join(np.dtype(t).name for t in allowed)}"
+                             f", got {data.dtype}")
+        # The byte count must match exactly, and a 2-D array must have one row per matrix row: this catches a
+        # shape given in GGUF order, (cols, rows), whenever rows != cols.
+        if data.nbytes != rows * bytes_per_row or (data.ndim >= 2 and np.prod(data.shape[:-1]) != rows):
+            raise ValueError(f"QMatrix: {qtype.name} [{rows}, {cols}] needs {rows} rows of {bytes_per_row} bytes, "
+                             f"got data of shape {data.shape} and dtype {data.dtype} ({data.nbytes} bytes)")
+        self.data, self.qtype, self.shape, self.rows, self.cols = data, qtype, (rows, cols), rows, cols
+        # What the kernels read: the same memory as uint8 [rows, bytes_per_row] (a copy only if data was not
+        # contiguous), marked read-only so that every matrix has the same Numba type: one compiled kernel.
+        self.raw = np.ascontiguousarray(data).view(np.uint8).reshape(rows, bytes_per_row)
+        self.raw.flags.writeable = False
+
+    def __repr__(self):
+        return f"QMatrix({self.qtype.name}, shape={self.shape})"
+
+
+def matmul(x, w, out=None):
+    """x @ W.T without dequantizing W: x [cols] -> [rows] (one token), or x [n, cols] -> [n, rows] (a prompt).
+    out, if given, must be a float32 C-contiguous array of the result's shape, not overlapping x."""
+    if not isinstance(w, QMatrix):
+        raise TypeError(f"matmul: w must be a QMatrix, got {type(w).__name__}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim not in (1, 2) or x.shape[-1] != w.cols:
+        raise ValueError(f"matmul: x must be [{w.cols}] or [n, {w.cols}] for {w!r}, got {x.shape}")
+    x = x.view()
+    x.flags.writeable = False  # the kernels only read x; one Numba type for writeable and read-only inputs
+    shape = x.shape[:-1] + (w.rows,)
+    if out is None:
+        out = np.empty(shape, np.float32)
+    elif (not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != np.float32
+          or not out.flags.c_contiguous or not out.flags.writeable):
+        raise ValueError(f"matmul: out must be a writeable C-contiguous float32 array of shape {shape}")
+    elif np.may_share_memory(x, out):
+        raise ValueError("matmul: out must not overlap x (the kernels read x while writing out)")
+    kind = int(w.qtype)
+    if x.ndim == 1:
+        matvec_kernel(kind, w.raw, x, out)
+    elif x.shape[0] == 1:  # one token: the fused product is about twice as fast as dequantize-then-dot
+        matvec_kernel(kind, w.raw, x[0], out[0])
+    elif x.shape[0] > 1:
+        matmul_kernel(kind, w.raw, x, out)
+    return out
+
+
+def get_rows(w, ids):
+    """The embedding lookup: rows ids of W dequantized -> float32 [len(ids), cols]."""
+    ids = np.asarray(ids)
+    if ids.size == 0:
+        ids = ids.astype(np.int64)  # np.asarray([]) is float64
+    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"get_rows: ids must be a 1-D array of integers, got {ids.dtype} {ids.shape}")
+    if ids.size and (ids.min() < 0 or ids.max() >= w.rows):
+        raise ValueError(f"get_rows: ids must be in 0..{w.rows - 1}, got {ids.min()}..{ids.max()}")
+    return dequantize(w.raw[ids], w.qtype).reshape(ids.size, w.cols)   # [len(ids), cols]
+
+
+def set_threads(n):
+    """Use n threads (1..numba.config.NUMBA_NUM_THREADS) in the Numba kernels."""
+    limit = numba.config.NUMBA_NUM_THREADS
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= limit:
+        raise ValueError(f"set_threads: n must be an integer in 1..{limit}, got {n!r}")
+    numba.set_num_threads(int(n))
