@@ -18,8 +18,6 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from gguf import GGUFReader
-
 import quant
 import tokenizers
 
@@ -126,9 +124,8 @@ class Weights:
     rope_freqs: np.ndarray          # [rope_dim/2] Llama 3.1's frequency divisors; all ones when absent
 
 
-def load_weights(reader, cfg):
-    """Wrap every tensor the model needs, checking its shape against the config."""
-    tensors = {t.name: t for t in reader.tensors}
+def load_weights(tensors, cfg):
+    """Wrap every tensor the model needs ({name: quant.GGUFTensor}), checking its shape against the config."""
 
     def tensor(name, shape, optional=False):
         t = tensors.get(name)
@@ -136,15 +133,14 @@ def load_weights(reader, cfg):
             if optional:
                 return None
             raise ModelError(f"tensor {name} is missing")
-        got = tuple(int(n) for n in reversed(t.shape))  # GGUF lists dimensions innermost first: reverse for numpy
-        if got != shape:
-            raise ModelError(f"tensor {name} has shape {got}, expected {shape}")
-        if t.tensor_type not in quant.SUPPORTED:
-            raise ModelError(f"tensor {name} has type {t.tensor_type.name}, which quant.py does not support")
+        if t.shape != shape:
+            raise ModelError(f"tensor {name} has shape {t.shape}, expected {shape}")
+        if t.qtype not in quant.SUPPORTED:
+            raise ModelError(f"tensor {name} has type {t.qtype.name}, which quant.py does not support")
         if len(shape) == 1:  # norms and rope factors are small: decode them once to float32
-            return quant.dequantize(t.data, t.tensor_type).reshape(shape)
+            return quant.dequantize(t.data, t.qtype).reshape(shape)
         try:
-            return quant.QMatrix(t.data, t.tensor_type, shape)
+            return quant.QMatrix(t.data, t.qtype, shape)
         except ValueError as e:
             raise ModelError(f"tensor {name}: {e}") from None
 
@@ -313,12 +309,11 @@ def load(model_path, max_length=512, tokenizer_path=None, fit_context=False):
     if not os.path.isfile(path):
         raise ModelError(f"{path}: no such file" if not os.path.exists(path) else f"{path}: not a file")
     try:
-        reader = GGUFReader(path)
-    except Exception as e:  # gguf-py raises ValueError, struct.error, IndexError, ... for malformed files
+        meta, tensors = quant.read_gguf(path)  # memory-mapped: nothing is read until used
+    except (ValueError, OSError) as e:
         raise ModelError(f"{path}: not a readable GGUF file ({e})") from None
-    meta = tokenizers.read_gguf_metadata(reader)
     cfg = read_config(meta, max_length, fit_context)
-    weights = load_weights(reader, cfg)
+    weights = load_weights(tensors, cfg)
     tokenizer = load_tokenizer(meta, tokenizer_path)
     if tokenizer.vocab_size > cfg.vocab_size:
         raise ModelError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {cfg.vocab_size}")
