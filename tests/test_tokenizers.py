@@ -15,6 +15,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tokenizers  # noqa: E402  (our module, which shadows Hugging Face's `tokenizers`)
+import models  # noqa: E402  (tests/models.py)
 
 
 def package_dir(name):
@@ -112,21 +113,12 @@ def llama3_tiktoken():
 
 def llama3_gguf_metadata():
     """What llama.cpp's converter writes for Llama 3, rebuilt from Meta's tokenizer.json (Llama 3.0 names)."""
-    with open(os.path.join(LLAMA3_DIR, "tokenizer.json"), encoding="utf-8") as f:
-        spec = json.load(f)
-    vocab = dict(spec["model"]["vocab"])
-    for added in spec["added_tokens"]:
-        vocab[added["content"]] = added["id"]
-    tokens = [None] * len(vocab)
-    for token, i in vocab.items():
-        tokens[i] = token
-    special_ids = {a["id"] for a in spec["added_tokens"]}
-    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
+    tokens, types, merges = models.llama3_vocab()
     return {
         "tokenizer.ggml.model": "gpt2",
         "tokenizer.ggml.pre": "llama-bpe",
         "tokenizer.ggml.tokens": tokens,
-        "tokenizer.ggml.token_type": [3 if i in special_ids else 1 for i in range(len(tokens))],
+        "tokenizer.ggml.token_type": types,
         "tokenizer.ggml.merges": merges,
         "tokenizer.ggml.bos_token_id": 128000,
         "tokenizer.ggml.eos_token_id": 128009,
