@@ -283,3 +283,19 @@ def test_cli_tokenizer_path(llama3_vocab_model):
             "--max-new-tokens", "3", "--seed", "1", "--max-length", "32")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("Hi") and "prompt size: 2 tokens" in r.stderr  # <|begin_of_text|> Hi
+
+
+def test_cli_ctrl_c_prints_stats_and_exits_130(smollm2_path):
+    """SIGINT mid-generation: the text so far, the statistics, exit status 130, no traceback."""
+    import signal
+
+    p = subprocess.Popen([sys.executable, os.path.join(ROOT, "llama3.py"), "--model-path", smollm2_path,
+                          "--prompt", "Once upon a time", "--max-length", "4096", "--min-p", "0", "--seed", "3"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    seen = p.stdout.read(len("Once upon a time") + 3)  # the prompt, then generated text: it is generating
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    err = err.decode()
+    assert p.returncode == 130
+    assert (seen + out).decode().startswith("Once upon a time")
+    assert "output size:" in err and "peak memory:" in err and "Traceback" not in err
