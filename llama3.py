@@ -10,12 +10,15 @@ quant.py knows (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K..Q6_K). Every
 metadata. Weights stay memory-mapped and quantized; each matrix-vector product dequantizes on the fly (quant.py).
 The arithmetic is float32 throughout, so the logits match a float forward of the same file (transformers) to ~1e-5.
 """
-import argparse
-import os
-import resource
-import sys
 import time
-from dataclasses import dataclass
+
+T_START = time.perf_counter()  # "startup time" counts from here: imports, loading, compiling
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+import resource  # noqa: E402
+import sys  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 
 # NumPy's BLAS only multiplies the small attention matrices here, and its idle threads spin on the same cores as
 # the Numba kernels that do the real work: measured, one BLAS thread makes prompt processing 3x faster on 2 cores.
@@ -29,6 +32,10 @@ import tokenizers  # noqa: E402
 
 class ModelError(Exception):
     """A model or tokenizer file we cannot use: the CLI prints it as one line and exits with status 1."""
+
+
+class UsageError(Exception):
+    """An option or prompt the model cannot take: the CLI prints it as one line and exits with status 2."""
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -76,9 +83,16 @@ def read_config(meta, max_length, fit_context=False):
     dim = int(get("embedding_length"))
     n_heads = int(get("attention.head_count"))
     n_kv_heads = int(get("attention.head_count_kv", n_heads))
-    if n_heads <= 0 or n_kv_heads <= 0 or n_heads % n_kv_heads or dim % n_heads:
-        raise ModelError(f"inconsistent heads: dim {dim}, {n_heads} heads, {n_kv_heads} key/value heads")
-    head_size = int(get("attention.key_length", dim // n_heads))
+    if n_heads <= 0 or n_kv_heads <= 0 or n_heads % n_kv_heads:
+        raise ModelError(f"inconsistent heads: {n_heads} heads, {n_kv_heads} key/value heads")
+    if f"{arch}.attention.key_length" in meta:  # some models give the head size explicitly
+        head_size = int(meta[f"{arch}.attention.key_length"])
+    elif dim % n_heads == 0:
+        head_size = dim // n_heads
+    else:
+        raise ModelError(f"dim {dim} is not a multiple of the {n_heads} heads")
+    if head_size <= 0 or head_size % 2:
+        raise ModelError(f"head size {head_size} must be positive and even (RoPE rotates pairs)")
     seq_len = int(get("context_length"))
     tokens = meta.get("tokenizer.ggml.tokens") or []
     vocab_size = int(get("vocab_size", len(tokens) or None))
@@ -110,10 +124,10 @@ def read_config(meta, max_length, fit_context=False):
 @dataclass
 class LayerWeights:
     attn_norm: np.ndarray   # [dim] RMSNorm weight before attention
-    wq: quant.QMatrix       # [dim, dim] query projection (rows: output features)
+    wq: quant.QMatrix       # [n_heads*head_size, dim] query projection (rows: output features)
     wk: quant.QMatrix       # [kv_dim, dim]
     wv: quant.QMatrix       # [kv_dim, dim]
-    wo: quant.QMatrix       # [dim, dim] attention output projection
+    wo: quant.QMatrix       # [dim, n_heads*head_size] attention output projection
     ffn_norm: np.ndarray    # [dim] RMSNorm weight before the feed-forward layer
     w1: quant.QMatrix       # [hidden_dim, dim] gate projection
     w2: quant.QMatrix       # [dim, hidden_dim] down projection
@@ -229,7 +243,7 @@ def silu(x):
 
 def attention(q, keys, values, pos, kv_mul):
     """Causal grouped-query attention of n new queries over all T = pos + n cached positions.
-    q: [n, n_heads, head_size]; keys, values: [T, n_kv_heads, head_size] -> [n, n_heads * head_size]"""
+    q: [n, n_heads, head_size]; keys, values: [T, n_kv_heads, head_size] -> [n, n_heads*head_size]"""
     n, n_heads, head_size = q.shape
     T, n_kv_heads, _ = keys.shape
     # Query head h reads key/value head h // kv_mul: group the query heads by the kv head they share.
@@ -241,7 +255,7 @@ def attention(q, keys, values, pos, kv_mul):
     future = np.arange(T)[None, :] > pos + np.arange(n)[:, None]             # [n, T]
     scores = np.where(future, np.float32(-np.inf), scores)
     out = softmax(scores) @ v                                                # [n_kv_heads, kv_mul, n, head_size]
-    return out.transpose(2, 0, 1, 3).reshape(n, n_heads * head_size)         # [n, n_heads * head_size]
+    return out.transpose(2, 0, 1, 3).reshape(n, n_heads * head_size)         # [n, n_heads*head_size]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -346,27 +360,33 @@ def sample(logits, temperature=1.0, min_p=0.05, top_k=0, top_p=1.0, rng=None):
     """Pick the next token id from logits [vocab_size].
 
     temperature 0 is greedy (argmax). Otherwise the logits are divided by the temperature and turned into
-    probabilities, then three optional filters keep only plausible tokens before drawing one at random:
-    top_k keeps the k most likely (0: all); top_p keeps the smallest set whose probabilities add up to top_p;
-    min_p (MAX's and llama.cpp's meaning) keeps tokens at least min_p times as likely as the most likely one."""
+    probabilities, then three optional filters keep only plausible tokens before drawing one at random, each
+    working on the distribution the previous one left (renormalised): top_k keeps the k most likely (0: all);
+    top_p keeps the smallest set whose probabilities add up to top_p; min_p (MAX's and llama.cpp's meaning) keeps
+    tokens at least min_p times as likely as the most likely one. The temperature comes first, as in MAX and
+    Hugging Face (llama.cpp's default chain applies it after the filters)."""
     if temperature == 0:
         return int(np.argmax(logits))
     rng = np.random.default_rng() if rng is None else rng
-    probs = softmax(logits.astype(np.float64) / temperature)   # [vocab_size], float64 so tiny p do not vanish
-    keep = np.arange(len(probs))                                # [vocab_size] candidate ids
-    if top_k > 0 and top_k < len(keep):
-        keep = np.argpartition(-probs, top_k - 1)[:top_k]       # [top_k] the k largest, in no particular order
+    probs = softmax(logits.astype(np.float64) / temperature)  # [vocab_size]; float64 for the sums below
+    keep = np.arange(len(probs))                               # [n] the candidate ids
+    p = probs                                                  # [n] their probabilities, summing to 1
+    if 0 < top_k < len(keep):
+        keep = np.argpartition(-probs, top_k - 1)[:top_k]      # [top_k] the k largest, in no particular order
+        p = probs[keep] / probs[keep].sum()
     if top_p < 1.0:
-        # Crop before sorting (llama2.c's trick): a token below (1 - top_p) / (n - 1) can never be in the top-p
-        # set, so only the few above that cutoff need sorting.
-        cutoff = (1.0 - top_p) / max(len(keep) - 1, 1)
-        keep = keep[probs[keep] >= cutoff]
-        keep = keep[np.argsort(-probs[keep], kind="stable")]    # most likely first
-        cum = np.cumsum(probs[keep])
-        keep = keep[: int(np.searchsorted(cum, top_p)) + 1]     # the smallest prefix reaching top_p
+        # Crop before sorting (llama2.c's trick). The tokens outside the top-p set, plus its least likely member
+        # x, hold more than 1 - top_p together, and none is more likely than x: so x > (1 - top_p) / n. Only the
+        # few tokens above that cutoff can be in the set, and only they need sorting.
+        above = p > (1.0 - top_p) / len(keep)
+        keep, p = keep[above], p[above]
+        order = np.argsort(-p, kind="stable")                  # most likely first
+        keep, p = keep[order], p[order]
+        n = int(np.searchsorted(np.cumsum(p), top_p)) + 1      # the smallest prefix reaching top_p
+        keep, p = keep[:n], p[:n] / p[:n].sum()
     if min_p > 0.0:
-        keep = keep[probs[keep] >= min_p * probs[keep].max()]
-    p = probs[keep] / probs[keep].sum()                         # renormalise over the survivors
+        likely = p >= min_p * p.max()
+        keep, p = keep[likely], p[likely] / p[likely].sum()
     return int(keep[rng.choice(len(keep), p=p)])
 
 
@@ -388,6 +408,8 @@ def generate(model, prompt_tokens, max_new_tokens=-1, temperature=1.0, min_p=0.0
     room = model.max_length - len(prompt_tokens)  # prompt + generated tokens never exceed max_length
     limit = room if max_new_tokens < 0 else min(max_new_tokens, room)
     rng = np.random.default_rng(seed)
+    if limit == 0:
+        return
 
     pos = len(prompt_tokens)
     logits = model.forward(prompt_tokens, 0)[-1]  # the whole prompt in one batch; the last row predicts the next
@@ -533,13 +555,12 @@ def parse_args(argv=None):
         p.error("--max-length must be positive")
     if args.max_new_tokens < -1:
         p.error("--max-new-tokens must be -1 (no limit) or >= 0")
-    if args.threads is not None and args.threads <= 0:
-        p.error("--threads must be positive")
+    if args.threads is not None and not 1 <= args.threads <= quant.numba.config.NUMBA_NUM_THREADS:
+        p.error(f"--threads must be between 1 and {quant.numba.config.NUMBA_NUM_THREADS} (the cores Numba sees)")
     return args
 
 
 def run(args):
-    t_start = time.perf_counter()
     if args.threads:
         quant.set_threads(args.threads)
     path = resolve_model_path(args.model_path, args.version, args.quantization_encoding)
@@ -553,13 +574,15 @@ def run(args):
     t0 = time.perf_counter()
     prompt_tokens = model.tokenizer.encode(args.prompt)
     t_tokenize = time.perf_counter() - t0
+    if not prompt_tokens:
+        raise UsageError("the prompt is empty and the model adds no BOS token: there is nothing to continue")
     if len(prompt_tokens) >= model.max_length:
-        raise ValueError(f"the prompt has {len(prompt_tokens)} tokens: it leaves no room in --max-length "
+        raise UsageError(f"the prompt has {len(prompt_tokens)} tokens: it leaves no room in --max-length "
                          f"{model.max_length}")
-    if args.warmup_pipeline:  # compile and touch every kernel once, so the timings below are steady-state
-        for _ in generate(model, prompt_tokens, 2, **sampling, seed=0):
-            pass
-    t_startup = time.perf_counter() - t_start
+    if args.warmup_pipeline:  # compile the prompt and the one-token kernels and touch every weight once
+        logits = model.forward(prompt_tokens, 0)
+        model.forward([int(np.argmax(logits[-1]))], len(prompt_tokens))
+    t_startup = time.perf_counter() - T_START
 
     print(args.prompt, end="", flush=True)
     times = [time.perf_counter()]
@@ -595,7 +618,10 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         run(args)
-    except (ModelError, ValueError, OSError) as e:
+    except UsageError as e:
+        print(f"llama3.py: error: {e}", file=sys.stderr)
+        return 2
+    except (ModelError, OSError) as e:
         print(f"llama3.py: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -156,6 +156,30 @@ def test_sample_top_k_and_top_p():
     assert set(np.nonzero(sampled_support(LOGITS, min_p=0, top_p=0.75))[0]) == {0, 1, 2, 3}
 
 
+def test_sample_top_k_then_top_p_renormalises():
+    """top_p works on the top_k survivors, renormalised (as llama.cpp and transformers do): of 0.30 and 0.25,
+    0.30 alone is 55% of the pair, so top_p 0.5 keeps just it, and top_p 0.6 both."""
+    assert set(np.nonzero(sampled_support(LOGITS, min_p=0, top_k=2, top_p=0.5))[0]) == {0}
+    assert set(np.nonzero(sampled_support(LOGITS, min_p=0, top_k=2, top_p=0.6))[0]) == {0, 1}
+    flat = np.zeros(1000, np.float32)  # every token equally likely: the top 40 hold 1/40 each after top_k,
+    # so reaching top_p 0.11 takes 5 of them (4 hold only 0.10)
+    assert len(np.nonzero(sampled_support(flat, n=2000, min_p=0, top_k=40, top_p=0.11))[0]) == 5
+
+
+def test_sample_top_p_matches_definition():
+    """Against a direct, sort-everything computation of the top-p set, over many random distributions."""
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        logits = rng.standard_normal(50).astype(np.float32) * rng.uniform(0.1, 5)
+        top_p = rng.uniform(0.05, 0.99)
+        p = np.exp(logits.astype(np.float64) - logits.max())
+        p /= p.sum()
+        order = np.argsort(-p, kind="stable")
+        expected = set(order[: int(np.searchsorted(np.cumsum(p[order]), top_p)) + 1])
+        got = {llama3.sample(logits, min_p=0, top_p=top_p, rng=rng) for _ in range(300)}
+        assert got <= expected
+
+
 def test_sample_temperature_sharpens():
     cold = sampled_support(LOGITS, min_p=0, temperature=0.3)
     hot = sampled_support(LOGITS, min_p=0, temperature=2.0)
@@ -225,6 +249,7 @@ def test_cli_completes_and_reports(tiny_models):
     (["--top-p", "0"], 2, "--top-p"),
     (["--max-length", "0"], 2, "--max-length"),
     (["--quantization-encoding", "q3_x"], 2, "quantization-encoding"),
+    (["--threads", "999"], 2, "--threads"),
 ])
 def test_cli_errors_are_one_line(args, status, words):
     r = cli(*args)
@@ -241,7 +266,7 @@ def test_cli_max_length_beyond_context(tiny_models):
 
 def test_cli_prompt_longer_than_context(tiny_models):
     r = cli("--model-path", tiny_models["f32"][0], "--prompt", "the " * 40, "--max-length", "16")
-    assert r.returncode == 1 and "--max-length" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "--max-length" in r.stderr and "Traceback" not in r.stderr
 
 
 # ----------------------------------------------------------------------------------------------------------------------
