@@ -543,6 +543,12 @@ def parse_args(argv=None):
     p.add_argument("--warmup-pipeline", action="store_true", help="run a short throwaway generation before timing")
     p.add_argument("--threads", type=int, default=None, help="threads for the matrix kernels (default: all cores)")
     args = p.parse_args(argv)
+    check_sampling_args(p, args)
+    return args
+
+
+def check_sampling_args(p, args):
+    """The option checks llama3.py and replit.py share: each failure is argparse's usage error (exit 2)."""
     if args.temperature < 0:
         p.error("--temperature must be >= 0")
     if not 0.0 <= args.min_p <= 1.0:
@@ -557,7 +563,6 @@ def parse_args(argv=None):
         p.error("--max-new-tokens must be -1 (no limit) or >= 0")
     if args.threads is not None and not 1 <= args.threads <= quant.numba.config.NUMBA_NUM_THREADS:
         p.error(f"--threads must be between 1 and {quant.numba.config.NUMBA_NUM_THREADS} (the cores Numba sees)")
-    return args
 
 
 def run(args):
@@ -569,8 +574,12 @@ def run(args):
     else:
         model = load(path, args.max_length, args.tokenizer_path or None)
     print(describe(model), file=sys.stderr)
-    sampling = dict(temperature=args.temperature, min_p=args.min_p, top_k=args.top_k, top_p=args.top_p)
+    complete(model, args, T_START, warmups=1 if args.warmup_pipeline else 0)
 
+
+def complete(model, args, t_start, warmups=0):
+    """Tokenize the prompt, print it, stream the completion to stdout, then the statistics to stderr (shared with
+    replit.py). warmups: throwaway passes that compile the kernels and touch every weight before timing."""
     t0 = time.perf_counter()
     prompt_tokens = model.tokenizer.encode(args.prompt)
     t_tokenize = time.perf_counter() - t0
@@ -579,11 +588,12 @@ def run(args):
     if len(prompt_tokens) >= model.max_length:
         raise UsageError(f"the prompt has {len(prompt_tokens)} tokens: it leaves no room in --max-length "
                          f"{model.max_length}")
-    if args.warmup_pipeline:  # compile the prompt and the one-token kernels and touch every weight once
+    for _ in range(warmups):  # the prompt kernels, then the one-token kernels
         logits = model.forward(prompt_tokens, 0)
         model.forward([int(np.argmax(logits[-1]))], len(prompt_tokens))
-    t_startup = time.perf_counter() - T_START
+    t_startup = time.perf_counter() - t_start
 
+    sampling = dict(temperature=args.temperature, min_p=args.min_p, top_k=args.top_k, top_p=args.top_p)
     print(args.prompt, end="", flush=True)
     times = [time.perf_counter()]
     n_out = 0
@@ -614,19 +624,23 @@ def report(n_prompt, n_out, t_startup, t_tokenize, times):
     print(f"peak memory: {peak_mib:.0f} MiB", file=err)
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def main_guard(run, args, prog):
+    """Run the CLI: every expected failure is one line on stderr; exit 2 for usage, 1 for files, 130 for Ctrl-C."""
     try:
         run(args)
     except UsageError as e:
-        print(f"llama3.py: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     except (ModelError, OSError) as e:
-        print(f"llama3.py: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def main(argv=None):
+    return main_guard(run, parse_args(argv), "llama3.py")
 
 
 if __name__ == "__main__":

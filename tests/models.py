@@ -182,3 +182,84 @@ if __name__ == "__main__":
     out = sys.argv[1] if len(sys.argv) > 1 else "tiny.gguf"
     print(write_tiny_llama(out))
     print(f"wrote {out} ({os.path.getsize(out)} bytes)")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Tiny MPT (Replit Code) checkpoints, written as Hugging Face publishes them: config.json, model.safetensors
+# (by the safetensors library; bfloat16 through torch), tokenizer.json.
+
+TINY_MPT = dict(d_model=768, n_heads=24, kv_n_heads=8, n_layers=2, expansion_ratio=4, max_seq_len=128)
+
+
+def mpt_weights(cfg, vocab_size, seed):
+    """Random MPT weights with Hugging Face names, numpy shapes [out_features, in_features]."""
+    rng = np.random.default_rng(seed)
+    d, n_heads = cfg["d_model"], cfg["n_heads"]
+    kv_dim = cfg.get("kv_n_heads", n_heads) * (d // n_heads)
+    hidden = cfg["expansion_ratio"] * d
+
+    def mat(rows, cols):
+        return (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(np.float32)
+
+    def norm(n):
+        return (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)
+
+    w = {"transformer.wte.weight": (4 * rng.standard_normal((vocab_size, d)) / np.sqrt(d)).astype(np.float32)}
+    for l in range(cfg["n_layers"]):
+        p = f"transformer.blocks.{l}."
+        w[p + "norm_1.weight"] = norm(d)
+        w[p + "attn.Wqkv.weight"] = mat(d + 2 * kv_dim, d)
+        w[p + "attn.out_proj.weight"] = mat(d, d)
+        w[p + "norm_2.weight"] = norm(d)
+        w[p + "ffn.up_proj.weight"] = mat(hidden, d)
+        w[p + "ffn.down_proj.weight"] = mat(d, hidden)
+    w["transformer.norm_f.weight"] = norm(d)
+    return w
+
+
+def write_tiny_mpt_hf(folder, dtype="float32", seed=0, **overrides):
+    """A tiny Replit-Code-shaped checkpoint directory (24 heads over 8 KV heads by default: the ALiBi slopes of
+    a head count that is not a power of two, and grouped-query attention). Pass kv_n_heads=None for plain
+    multi-head attention. Returns the config dict."""
+    import json
+
+    os.makedirs(folder, exist_ok=True)
+    cfg = {**TINY_MPT, **overrides}
+    tokens, _, merges = tiny_vocab()
+    tokens = tokens[:256 + len(merges)] + ["<|endoftext|>"]
+    attn = {"alibi": True, "alibi_bias_max": 8, "attn_type": "grouped_query_attention", "clip_qkv": None,
+            "qk_ln": False, "softmax_scale": None}
+    if cfg.get("kv_n_heads"):
+        attn["kv_n_heads"] = cfg["kv_n_heads"]
+    else:
+        attn["attn_type"] = "multihead_attention"
+        cfg.pop("kv_n_heads", None)
+    config = {"architectures": ["MPTForCausalLM"], "model_type": "mpt", "d_model": cfg["d_model"],
+              "n_heads": cfg["n_heads"], "n_layers": cfg["n_layers"], "expansion_ratio": cfg["expansion_ratio"],
+              "max_seq_len": cfg["max_seq_len"], "vocab_size": len(tokens), "attn_config": attn,
+              "learned_pos_emb": False, "no_bias": True, "norm_type": "low_precision_layernorm",
+              "logit_scale": None, "embedding_fraction": 1.0, "torch_dtype": dtype, "use_cache": False}
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    weights = mpt_weights(cfg, len(tokens), seed)
+    if dtype == "float32":
+        import safetensors.numpy
+        safetensors.numpy.save_file(weights, os.path.join(folder, "model.safetensors"))
+    else:  # numpy has no bfloat16: let torch round (to nearest even) and safetensors write it
+        import safetensors.torch
+        import torch
+        safetensors.torch.save_file({k: torch.from_numpy(v).to(getattr(torch, dtype)) for k, v in weights.items()},
+                                    os.path.join(folder, "model.safetensors"))
+    tokenizer = {
+        "version": "1.0", "truncation": None, "padding": None, "normalizer": None, "post_processor": None,
+        "added_tokens": [{"id": len(tokens) - 1, "content": "<|endoftext|>", "single_word": False, "lstrip": False,
+                          "rstrip": False, "normalized": False, "special": True}],
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
+                  "vocab": {t: i for i, t in enumerate(tokens)}, "merges": merges},
+    }
+    with open(os.path.join(folder, "tokenizer.json"), "w", encoding="utf-8") as f:
+        json.dump(tokenizer, f, ensure_ascii=False)
+    return config

@@ -11,6 +11,9 @@ JOBS.json is a list of jobs, all run in one process (importing torch once):
         float32 logits [n_tokens, vocab] of one full-sequence forward over the ids;
     {"model": "tiny.gguf", "ids": [1, 2, 3], "out": "greedy.json", "greedy": 24}
         the 24 greedily generated ids after them, with the top-2 logit gap at each step (to spot genuine near-ties).
+    {"mpt_dir": "tiny-mpt/", "ids": [1, 2, 3], "out": "logits.npy"}
+        the same for an MPT checkpoint directory. transformers' MptForCausalLM has no grouped-query attention,
+        so each key/value head is repeated for the query heads that share it, into a multi-head checkpoint.
 A job may add "rope_scaling": {"factor", "low_freq_factor", "high_freq_factor", "original_context"}: transformers
 ignores a GGUF's `rope_freqs.weight`, so the Llama 3.1 scaling parameters are set on its config instead and it
 computes its own scaled frequencies from them.
@@ -46,6 +49,37 @@ def load(path, rope_scaling):
     return model
 
 
+def load_mpt(folder):
+    import safetensors.torch
+    from transformers import MptConfig, MptForCausalLM
+
+    with open(os.path.join(folder, "config.json")) as f:
+        hf = json.load(f)
+    state = safetensors.torch.load_file(os.path.join(folder, "model.safetensors"))
+    state = {k: v.float() for k, v in state.items()}
+    attn = dict(hf["attn_config"])
+    d, n_heads = hf["d_model"], hf["n_heads"]
+    n_kv = attn.pop("kv_n_heads", n_heads)
+    head_size, kv_mul = d // n_heads, n_heads // n_kv
+    for key in [k for k in state if k.endswith("attn.Wqkv.weight")]:
+        q, k, v = state[key].split([d, n_kv * head_size, n_kv * head_size])
+        # query head h reads key/value head h // kv_mul: repeat each kv head kv_mul times, in order
+        k = k.reshape(n_kv, head_size, d).repeat_interleave(kv_mul, dim=0).reshape(d, d)
+        v = v.reshape(n_kv, head_size, d).repeat_interleave(kv_mul, dim=0).reshape(d, d)
+        state[key] = torch.cat([q, k, v])
+    attn["attn_type"] = "multihead_attention"
+    config = MptConfig(d_model=d, n_heads=n_heads, n_layers=hf["n_layers"], expansion_ratio=hf["expansion_ratio"],
+                       max_seq_len=hf["max_seq_len"], vocab_size=hf["vocab_size"], attn_config=attn,
+                       no_bias=True, learned_pos_emb=False, layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5))
+    model = MptForCausalLM(config).float()
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+    model.tie_weights()
+    assert torch.equal(model.lm_head.weight, state["transformer.wte.weight"])
+    model.eval()
+    return model
+
+
 def greedy(model, ids, n):
     """n greedy steps with transformers' own KV cache; returns the ids and the top-2 gap of each step."""
     out, gaps, past, step = [], [], None, ids
@@ -66,9 +100,9 @@ def main(jobs_path):
         jobs = json.load(f)
     models = {}
     for job in jobs:
-        key = (job["model"], json.dumps(job.get("rope_scaling")))
+        key = (job.get("model") or job["mpt_dir"], json.dumps(job.get("rope_scaling")))
         if key not in models:
-            models[key] = load(job["model"], job.get("rope_scaling"))
+            models[key] = load_mpt(job["mpt_dir"]) if "mpt_dir" in job else load(job["model"], job.get("rope_scaling"))
         model = models[key]
         ids = torch.tensor([job["ids"]], dtype=torch.long)
         with torch.no_grad():

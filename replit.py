@@ -1,0 +1,449 @@
+"""Replit Code V1.5 3B code completion (the MPT architecture), in NumPy and Numba.
+
+Read it as "what differs from llama3.py": the sampler, the generation loop, the streaming and the statistics are
+llama3.py's own; what is new is the MPT block:
+
+    Llama 3                                   MPT (Replit Code)
+    RMSNorm                                   LayerNorm with a weight and no bias
+    separate q, k, v projections              one fused Wqkv projection, rows [q | k | v]
+    RoPE rotates q and k by position          ALiBi: no positions in q/k, a distance penalty on the scores
+    SwiGLU feed-forward (3 matrices)          GELU feed-forward (2 matrices), exact erf GELU
+    separate or tied output matrix            always tied: the logits reuse the token embedding
+
+    python replit.py --model-path replit-code-v1_5-3b/ --prompt 'def fib(n):\\n'
+
+Weights come from a Hugging Face checkpoint directory as published (config.json, *.safetensors in float32,
+float16 or bfloat16, and the tokenizer files), or from a GGUF file of architecture "mpt" in any type quant.py reads.
+Every size is read from the model's own config. The arithmetic is float32 and the KV cache is float32.
+"""
+import time
+
+T_START = time.perf_counter()  # "startup time" counts from here
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+
+import llama3  # noqa: E402  (first: it limits NumPy's BLAS threads before NumPy loads)
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+
+import quant  # noqa: E402
+import tokenizers  # noqa: E402
+from llama3 import ModelError, UsageError, generate, softmax  # noqa: E402,F401  (generate: the shared loop)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Config
+
+
+@dataclass
+class Config:
+    dim: int              # d_model: width of the residual stream
+    hidden_dim: int       # width of the feed-forward layer (expansion_ratio * d_model)
+    n_layers: int         # number of transformer blocks
+    n_heads: int          # number of query heads
+    n_kv_heads: int       # number of key/value heads (kv_n_heads; = n_heads for plain multi-head attention)
+    head_size: int        # dim // n_heads
+    vocab_size: int       # number of tokens (rows of the embedding)
+    seq_len: int          # the context the model was trained for (max_seq_len)
+    max_length: int       # the context we allocate: prompt + generated tokens, sizes the KV cache
+    norm_eps: float       # LayerNorm's epsilon
+    alibi_bias_max: float # ALiBi's largest slope exponent (8 in MPT)
+    clip_qkv: float       # clamp q, k, v to [-clip_qkv, clip_qkv] (0: no clamping)
+    name: str             # for the user's information
+
+    @property
+    def kv_dim(self):
+        return self.n_kv_heads * self.head_size
+
+    @property
+    def kv_mul(self):
+        return self.n_heads // self.n_kv_heads
+
+
+def make_config(dim, n_heads, n_kv_heads, n_layers, hidden_dim, vocab_size, seq_len, max_length, fit_context,
+                norm_eps, alibi_bias_max, clip_qkv, name):
+    """Check the hyper-parameters for consistency and build the Config (shared by both file formats)."""
+    if min(dim, n_heads, n_kv_heads, n_layers, hidden_dim, vocab_size, seq_len) <= 0:
+        raise ModelError("every size in the config must be positive")
+    if dim % n_heads or n_heads % n_kv_heads:
+        raise ModelError(f"d_model {dim} must divide into {n_heads} heads, and those into {n_kv_heads} KV heads")
+    if max_length is None or (fit_context and max_length > seq_len):
+        max_length = seq_len
+    if not 0 < max_length <= seq_len:
+        raise ModelError(f"max length {max_length} must be between 1 and the model's context length {seq_len}")
+    return Config(dim=dim, hidden_dim=hidden_dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads,
+                  head_size=dim // n_heads, vocab_size=vocab_size, seq_len=seq_len, max_length=max_length,
+                  norm_eps=float(norm_eps), alibi_bias_max=float(alibi_bias_max), clip_qkv=float(clip_qkv or 0.0),
+                  name=name)
+
+
+def config_from_hf(hf, max_length, fit_context):
+    """From a checkpoint's config.json (MPT's names: d_model, n_heads, attn_config.kv_n_heads, ...)."""
+    attn = hf.get("attn_config") or {}
+    if hf.get("model_type") != "mpt":
+        raise ModelError(f"config.json: model_type is {hf.get('model_type')!r}, but replit.py runs 'mpt' models")
+    if not attn.get("alibi", False) or hf.get("learned_pos_emb", False):
+        raise ModelError("config.json: only ALiBi position encoding is supported (alibi true, no learned_pos_emb)")
+    if not hf.get("no_bias", True) or attn.get("qk_ln", False):
+        raise ModelError("config.json: biases and qk_ln are not supported (Replit Code has neither)")
+    try:
+        n_heads = int(hf["n_heads"])
+        return make_config(
+            dim=int(hf["d_model"]), n_heads=n_heads, n_kv_heads=int(attn.get("kv_n_heads") or n_heads),
+            n_layers=int(hf["n_layers"]), hidden_dim=int(hf.get("expansion_ratio", 4) * hf["d_model"]),
+            vocab_size=int(hf["vocab_size"]), seq_len=int(hf["max_seq_len"]), max_length=max_length,
+            fit_context=fit_context, norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+            alibi_bias_max=attn.get("alibi_bias_max", 8), clip_qkv=attn.get("clip_qkv"),
+            name=str(hf.get("_name_or_path") or hf.get("tokenizer_name") or "mpt"))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelError(f"config.json: missing or bad value ({e})") from None
+
+
+def config_from_gguf(meta, tensors, max_length, fit_context):
+    """From a GGUF's metadata (llama.cpp's mpt.* keys)."""
+    if meta.get("general.architecture") != "mpt":
+        raise ModelError(f"architecture is {meta.get('general.architecture')!r}, but replit.py runs 'mpt' files")
+    try:
+        n_heads = int(meta["mpt.attention.head_count"])
+        return make_config(
+            dim=int(meta["mpt.embedding_length"]), n_heads=n_heads,
+            n_kv_heads=int(meta.get("mpt.attention.head_count_kv", n_heads)),
+            n_layers=int(meta["mpt.block_count"]), hidden_dim=int(meta["mpt.feed_forward_length"]),
+            vocab_size=int(tensors["token_embd.weight"].shape[0]), seq_len=int(meta["mpt.context_length"]),
+            max_length=max_length, fit_context=fit_context, norm_eps=meta["mpt.attention.layer_norm_epsilon"],
+            alibi_bias_max=meta.get("mpt.attention.max_alibi_bias", 8.0),
+            clip_qkv=meta.get("mpt.attention.clamp_kqv"), name=str(meta.get("general.name", "mpt")))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelError(f"GGUF metadata: missing or bad value ({e})") from None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Weights: the same QMatrix views as llama3.py, from either file format
+
+
+@dataclass
+class LayerWeights:
+    norm_1: np.ndarray      # [dim] LayerNorm weight before attention
+    wqkv: quant.QMatrix     # [dim + 2*kv_dim, dim] fused projection: rows [q | k | v]
+    wo: quant.QMatrix       # [dim, dim] attention output projection (out_proj)
+    norm_2: np.ndarray      # [dim] LayerNorm weight before the feed-forward layer
+    w_up: quant.QMatrix     # [hidden_dim, dim]
+    w_down: quant.QMatrix   # [dim, hidden_dim]
+
+
+@dataclass
+class Weights:
+    token_embedding: quant.QMatrix  # [vocab_size, dim] (wte), also the output projection
+    layers: list                    # n_layers x LayerWeights
+    final_norm: np.ndarray          # [dim] (norm_f)
+    output: quant.QMatrix           # [vocab_size, dim]: the embedding itself unless a GGUF stores its own
+
+
+# Our names for an MPT block's tensors in a Hugging Face checkpoint and in a llama.cpp GGUF.
+HF_NAMES = {"norm_1": "transformer.blocks.{}.norm_1.weight", "wqkv": "transformer.blocks.{}.attn.Wqkv.weight",
+            "wo": "transformer.blocks.{}.attn.out_proj.weight", "norm_2": "transformer.blocks.{}.norm_2.weight",
+            "w_up": "transformer.blocks.{}.ffn.up_proj.weight", "w_down": "transformer.blocks.{}.ffn.down_proj.weight",
+            "embedding": "transformer.wte.weight", "final_norm": "transformer.norm_f.weight"}
+GGUF_NAMES = {"norm_1": "blk.{}.attn_norm.weight", "wqkv": "blk.{}.attn_qkv.weight",
+              "wo": "blk.{}.attn_output.weight", "norm_2": "blk.{}.ffn_norm.weight",
+              "w_up": "blk.{}.ffn_up.weight", "w_down": "blk.{}.ffn_down.weight",
+              "embedding": "token_embd.weight", "final_norm": "output_norm.weight", "output": "output.weight"}
+
+
+def load_weights(tensors, names, cfg):
+    """tensors: {name: quant.GGUFTensor-like (qtype, shape, data)}; names: HF_NAMES or GGUF_NAMES."""
+
+    def tensor(key, shape, layer=None, optional=False):
+        name = names[key].format(layer)
+        t = tensors.get(name)
+        if t is None:
+            if optional:
+                return None
+            raise ModelError(f"tensor {name} is missing")
+        if tuple(t.shape) != shape:
+            raise ModelError(f"tensor {name} has shape {tuple(t.shape)}, expected {shape}")
+        if t.qtype not in quant.SUPPORTED:
+            raise ModelError(f"tensor {name} has type {t.qtype.name}, which quant.py does not support")
+        if len(shape) == 1:
+            return quant.dequantize(t.data, t.qtype).reshape(shape)
+        try:
+            return quant.QMatrix(t.data, t.qtype, shape)
+        except ValueError as e:
+            raise ModelError(f"tensor {name}: {e}") from None
+
+    d, h = cfg.dim, cfg.hidden_dim
+    layers = [LayerWeights(
+        norm_1=tensor("norm_1", (d,), l),
+        wqkv=tensor("wqkv", (d + 2 * cfg.kv_dim, d), l),
+        wo=tensor("wo", (d, d), l),
+        norm_2=tensor("norm_2", (d,), l),
+        w_up=tensor("w_up", (h, d), l),
+        w_down=tensor("w_down", (d, h), l),
+    ) for l in range(cfg.n_layers)]
+    embedding = tensor("embedding", (cfg.vocab_size, d))
+    output = tensor("output", (cfg.vocab_size, d), optional=True) if "output" in names else None
+    return Weights(token_embedding=embedding, layers=layers, final_norm=tensor("final_norm", (d,)),
+                   output=embedding if output is None else output)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Reading a Hugging Face checkpoint: safetensors files, memory-mapped
+
+SAFETENSORS_TYPES = {"F32": (quant.QT.F32, np.float32), "F16": (quant.QT.F16, np.float16),
+                     "BF16": (quant.QT.BF16, np.uint16)}  # bfloat16 stays raw: quant.py decodes it in the kernels
+
+
+@dataclass
+class HFTensor:
+    qtype: object
+    shape: tuple
+    data: np.ndarray
+
+
+def read_safetensors(path):
+    """{name: HFTensor} of one .safetensors file: an 8-byte header length, a JSON header naming each tensor's
+    dtype, shape and byte range, then the raw little-endian data (which we memory-map, never copy)."""
+    mm = np.memmap(path, dtype=np.uint8, mode="r")                      # [file_size]
+    if len(mm) < 8:
+        raise ModelError(f"{path}: too short for a safetensors file")
+    n = int(mm[:8].view("<u8")[0])
+    if n > len(mm) - 8:
+        raise ModelError(f"{path}: header of {n} bytes runs past the end of the file")
+    try:
+        header = json.loads(bytes(mm[8:8 + n]))
+    except ValueError as e:
+        raise ModelError(f"{path}: unreadable header ({e})") from None
+    data = mm[8 + n:]
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info.get("dtype") not in SAFETENSORS_TYPES:
+            raise ModelError(f"{path}: tensor {name} has dtype {info.get('dtype')}; supported: F32, F16, BF16")
+        qtype, dtype = SAFETENSORS_TYPES[info["dtype"]]
+        shape = tuple(int(s) for s in info["shape"])
+        start, end = (int(o) for o in info["data_offsets"])
+        if not 0 <= start <= end <= len(data) or end - start != int(np.prod(shape)) * np.dtype(dtype).itemsize:
+            raise ModelError(f"{path}: tensor {name} has a byte range that does not fit its shape or the file")
+        tensors[name] = HFTensor(qtype, shape, data[start:end].view(dtype).reshape(shape))
+    return tensors
+
+
+def read_hf_checkpoint(folder):
+    """config.json and every tensor of a checkpoint directory (one or several .safetensors shards)."""
+    config_path = os.path.join(folder, "config.json")
+    if not os.path.isfile(config_path):
+        raise ModelError(f"{folder}: no config.json: not a Hugging Face checkpoint directory")
+    with open(config_path, encoding="utf-8") as f:
+        try:
+            hf = json.load(f)
+        except ValueError as e:
+            raise ModelError(f"{config_path}: not valid JSON ({e})") from None
+    shards = sorted(n for n in os.listdir(folder) if n.endswith(".safetensors"))
+    if not shards:
+        raise ModelError(f"{folder}: no .safetensors weights (convert pytorch_model.bin to safetensors first)")
+    tensors = {}
+    for shard in shards:
+        tensors.update(read_safetensors(os.path.join(folder, shard)))
+    return hf, tensors
+
+
+def load_hf_tokenizer(folder):
+    """tokenizer.json (byte-level BPE, Replit Code V1.5) or spiece.model (SentencePiece, Replit Code V1)."""
+    try:
+        if os.path.isfile(os.path.join(folder, "tokenizer.json")):
+            return tokenizers.from_hf_tokenizer_json(os.path.join(folder, "tokenizer.json"), add_bos=False)
+        if os.path.isfile(os.path.join(folder, "spiece.model")):
+            return tokenizers.from_sentencepiece_file(os.path.join(folder, "spiece.model"))
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelError(f"{folder}: tokenizer: {e}") from None
+    raise ModelError(f"{folder}: no tokenizer.json or spiece.model")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Neural net blocks: what MPT does differently
+
+
+def layernorm(x, weight, eps):
+    """Centre and scale each row to unit variance, then multiply by a learned weight (MPT has no bias).
+    [n, dim] -> [n, dim]"""
+    mean = np.mean(x, axis=-1, keepdims=True)              # [n, 1]
+    var = np.mean((x - mean) ** 2, axis=-1, keepdims=True)  # [n, 1]
+    return (x - mean) / np.sqrt(var + eps) * weight        # [n, dim]
+
+
+@numba.vectorize(["float32(float32)"], cache=True)
+def gelu(x):
+    """The exact GELU, x * Phi(x) with Phi the normal CDF (NumPy has no erf; Numba has math.erf)."""
+    return 0.5 * x * (1.0 + math.erf(x * 0.7071067811865476))
+
+
+def alibi_slopes(n_heads, alibi_bias_max):
+    """ALiBi's per-head slopes. For a power of two H: 2^(-max/H * k), k = 1..H. Otherwise MPT takes the slopes of
+    the next power of two n2 and keeps the odd-indexed ones, then the even-indexed ones, the first H of them
+    (for 24 heads: 2^(-j/2), j = 1..16, then 2^(-k/4), k = 1, 3, ..., 15)."""
+    n2 = 2 ** math.ceil(math.log2(n_heads))
+    slopes = 2.0 ** (-alibi_bias_max / n2 * np.arange(1, n2 + 1))   # [n2]
+    if n2 != n_heads:
+        slopes = np.concatenate([slopes[1::2], slopes[0::2]])[:n_heads]
+    return slopes.astype(np.float32)                                # [n_heads]
+
+
+def attention_alibi(q, keys, values, pos, kv_mul, slopes):
+    """Causal grouped-query attention with ALiBi: score(i, j) = q_i.k_j / sqrt(head_size) - slope * (i - j).
+    q: [n, n_heads, head_size]; keys, values: [T, n_kv_heads, head_size] -> [n, n_heads*head_size]"""
+    n, n_heads, head_size = q.shape
+    T, n_kv_heads, _ = keys.shape
+    qg = q.reshape(n, n_kv_heads, kv_mul, head_size).transpose(1, 2, 0, 3)  # [n_kv_heads, kv_mul, n, head_size]
+    k = keys.transpose(1, 2, 0)[:, None]                                    # [n_kv_heads, 1, head_size, T]
+    v = values.transpose(1, 0, 2)[:, None]                                  # [n_kv_heads, 1, T, head_size]
+    scores = (qg @ k) / np.float32(np.sqrt(head_size))                      # [n_kv_heads, kv_mul, n, T]
+    # ALiBi replaces RoPE: the further back a key, the larger the penalty, steeper for some heads than others.
+    distance = (pos + np.arange(n))[:, None] - np.arange(T)[None, :]        # [n, T]  i - j
+    bias = -slopes.reshape(n_kv_heads, kv_mul, 1, 1) * distance             # [n_kv_heads, kv_mul, n, T]
+    scores = np.where(distance < 0, np.float32(-np.inf), scores + bias)     # causal: no key from the future
+    out = softmax(scores) @ v                                               # [n_kv_heads, kv_mul, n, head_size]
+    return out.transpose(2, 0, 1, 3).reshape(n, n_heads * head_size)        # [n, n_heads*head_size]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The model
+
+
+class Replit:
+    def __init__(self, cfg, weights, tokenizer, path):
+        self.config = cfg
+        self.weights = weights
+        self.tokenizer = tokenizer
+        self.path = path
+        self.key_cache = np.zeros((cfg.n_layers, cfg.max_length, cfg.kv_dim), np.float32)    # [layer, pos, kv_dim]
+        self.value_cache = np.zeros((cfg.n_layers, cfg.max_length, cfg.kv_dim), np.float32)  # [layer, pos, kv_dim]
+        self.slopes = alibi_slopes(cfg.n_heads, cfg.alibi_bias_max)                         # [n_heads]
+
+    @property
+    def max_length(self):
+        return self.config.max_length
+
+    def forward(self, tokens, pos):
+        """Run len(tokens) tokens at positions pos, pos+1, ... and return float32 logits [n, vocab_size]."""
+        cfg, w = self.config, self.weights
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        n = len(tokens)
+        if n == 0 or pos < 0 or pos + n > cfg.max_length:
+            raise ValueError(f"positions {pos}..{pos + n - 1} do not fit the context of {cfg.max_length}")
+        if tokens.min() < 0 or tokens.max() >= cfg.vocab_size:
+            raise ValueError(f"token ids must lie in 0..{cfg.vocab_size - 1}")
+        T = pos + n
+        d, kv_dim = cfg.dim, cfg.kv_dim
+
+        # 1. The token embeddings; no position embedding at all: ALiBi puts positions into the attention scores.
+        x = quant.get_rows(w.token_embedding, tokens)                                      # [n, dim]
+
+        for l, lw in enumerate(w.layers):
+            # 2. Attention: LayerNorm, then one fused projection, split into queries, keys and values.
+            xb = layernorm(x, lw.norm_1, cfg.norm_eps)                                     # [n, dim]
+            qkv = quant.matmul(xb, lw.wqkv)                                                # [n, dim + 2*kv_dim]
+            if cfg.clip_qkv:
+                qkv = np.clip(qkv, -cfg.clip_qkv, cfg.clip_qkv)
+            q = qkv[:, :d].reshape(n, cfg.n_heads, cfg.head_size)                          # [n, n_heads, head_size]
+            self.key_cache[l, pos:T] = qkv[:, d:d + kv_dim]
+            self.value_cache[l, pos:T] = qkv[:, d + kv_dim:]
+            keys = self.key_cache[l, :T].reshape(T, cfg.n_kv_heads, cfg.head_size)         # [T, n_kv_heads, head_size]
+            values = self.value_cache[l, :T].reshape(T, cfg.n_kv_heads, cfg.head_size)     # [T, n_kv_heads, head_size]
+            xb = attention_alibi(q, keys, values, pos, cfg.kv_mul, self.slopes)            # [n, dim]
+            x = x + quant.matmul(xb, lw.wo)                                                # [n, dim]
+
+            # 3. Feed-forward: LayerNorm, up, exact GELU, down.
+            xb = layernorm(x, lw.norm_2, cfg.norm_eps)                                     # [n, dim]
+            hb = gelu(quant.matmul(xb, lw.w_up))                                           # [n, hidden_dim]
+            x = x + quant.matmul(hb, lw.w_down)                                            # [n, dim]
+
+        # 4. Final LayerNorm, and logits through the (tied) embedding matrix.
+        x = layernorm(x, w.final_norm, cfg.norm_eps)                                       # [n, dim]
+        return quant.matmul(x, w.output)                                                   # [n, vocab_size]
+
+
+def load(path, max_length=512, fit_context=False):
+    """A Replit/MPT model from a Hugging Face checkpoint directory or an "mpt" GGUF file, ready to run."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        hf, tensors = read_hf_checkpoint(path)
+        cfg = config_from_hf(hf, max_length, fit_context)
+        weights = load_weights(tensors, HF_NAMES, cfg)
+        tokenizer = load_hf_tokenizer(path)
+    elif os.path.isfile(path):
+        try:
+            meta, tensors = quant.read_gguf(path)
+        except (ValueError, OSError) as e:
+            raise ModelError(f"{path}: not a readable GGUF file ({e})") from None
+        cfg = config_from_gguf(meta, tensors, max_length, fit_context)
+        weights = load_weights(tensors, GGUF_NAMES, cfg)
+        tokenizer = llama3.load_tokenizer(meta)
+    else:
+        raise ModelError(f"{path}: no such file or directory")
+    if tokenizer.vocab_size > cfg.vocab_size:
+        raise ModelError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {cfg.vocab_size}")
+    return Replit(cfg, weights, tokenizer, path)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Command line: MAX's replit pipeline options, and llama3.py's streaming and statistics
+
+DEFAULT_REPO = "replit/replit-code-v1_5-3b"
+DEFAULT_FILES = ["config.json", "model.safetensors", "tokenizer.json"]
+
+
+def download_default():
+    """The published checkpoint, file by file, through llama3.py's hub download."""
+    paths = [llama3.hub_download(DEFAULT_REPO, name) for name in DEFAULT_FILES]
+    return os.path.dirname(paths[0])
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Replit Code (MPT) code completion, in NumPy + Numba.")
+    p.add_argument("--prompt", default='def hello():\\n  print("hello world")',
+                   help="code to complete; a typed \\n becomes a newline")
+    p.add_argument("--model-path", "--converted-weights-path", dest="model_path", default="",
+                   help="a Hugging Face checkpoint directory or an 'mpt' GGUF file; empty: download "
+                        f"{DEFAULT_REPO}")
+    p.add_argument("--max-length", type=int, default=None, help="prompt + generated tokens (default 512)")
+    p.add_argument("--max-new-tokens", type=int, default=-1, help="-1: until max-length or end of text")
+    p.add_argument("--temperature", type=float, default=1.0, help="0: greedy")
+    p.add_argument("--min-p", type=float, default=0.05, help="keep tokens with p >= min_p * p_max (0: off)")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0: off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (1: off)")
+    p.add_argument("--seed", type=int, default=None, help="random seed, for reproducible sampling")
+    p.add_argument("--quantization-encoding", default="float32", choices=["float32", "bfloat16"],
+                   help="MAX's option; the weights run in whatever encoding the file holds")
+    p.add_argument("--num-warmups", type=int, default=1, help="throwaway prompt passes before timing")
+    p.add_argument("--threads", type=int, default=None, help="threads for the matrix kernels (default: all cores)")
+    args = p.parse_args(argv)
+    llama3.check_sampling_args(p, args)
+    if args.num_warmups < 0:
+        p.error("--num-warmups must be >= 0")
+    args.prompt = args.prompt.replace("\\n", "\n")
+    return args
+
+
+def run(args):
+    if args.threads:
+        quant.set_threads(args.threads)
+    path = args.model_path or download_default()
+    model = load(path, 512 if args.max_length is None else args.max_length, fit_context=args.max_length is None)
+    cfg = model.config
+    print(f"model: {cfg.name} ({cfg.n_layers} layers, dim {cfg.dim}, {cfg.n_heads}/{cfg.n_kv_heads} heads, "
+          f"vocab {cfg.vocab_size}) from {model.path}", file=sys.stderr)
+    llama3.complete(model, args, T_START, warmups=args.num_warmups)
+
+
+def main(argv=None):
+    return llama3.main_guard(run, parse_args(argv), "replit.py")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
