@@ -392,6 +392,104 @@ def load(path, max_length=512, fit_context=False):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# Converting a checkpoint directory into a GGUF that this project and llama.cpp both load
+
+CONVERT_TYPES = {"f32": quant.QT.F32, "f16": quant.QT.F16, "q8_0": quant.QT.Q8_0, "q4_0": quant.QT.Q4_0,
+                 "q4_k": quant.QT.Q4_K, "q6_k": quant.QT.Q6_K}
+
+
+def gguf_vocabulary(folder):
+    """The tokenizer metadata of a GGUF, from the checkpoint's tokenizer.json or spiece.model:
+    {key: value} with the keys llama.cpp reads."""
+    path = os.path.join(folder, "tokenizer.json")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            spec = json.load(f)
+        pre = spec.get("pre_tokenizer") or {}
+        if spec["model"].get("type") != "BPE" or pre.get("type") != "ByteLevel" or not pre.get("use_regex", True):
+            raise ModelError(f"{path}: only byte-level BPE with GPT-2's pre-tokenizer can be written to GGUF")
+        vocab = dict(spec["model"]["vocab"])
+        special = set()
+        for added in spec.get("added_tokens", []):
+            vocab[added["content"]] = added["id"]
+            special.add(added["id"])
+        tokens = [f"[PAD{i}]" for i in range(max(vocab.values()) + 1)]  # ids no entry names stay as padding
+        for text, i in vocab.items():
+            tokens[i] = text
+        ids = {t: i for i, t in enumerate(tokens)}
+        meta = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "mpt", "tokenizer.ggml.tokens": tokens,
+                "tokenizer.ggml.token_type": [3 if i in special else 1 for i in range(len(tokens))],
+                "tokenizer.ggml.merges": [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]}
+        if "<|endoftext|>" in ids:
+            meta["tokenizer.ggml.eos_token_id"] = ids["<|endoftext|>"]
+            meta["tokenizer.ggml.bos_token_id"] = ids["<|endoftext|>"]
+        meta["tokenizer.ggml.add_bos_token"] = False
+        return meta
+    tok = load_hf_tokenizer(folder)  # spiece.model: SentencePiece pieces, scores and types
+    return {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": tok.pieces,
+            "tokenizer.ggml.scores": tok.scores, "tokenizer.ggml.token_type": tok.types,
+            "tokenizer.ggml.bos_token_id": tok.bos_id, "tokenizer.ggml.eos_token_id": tok.eos_id,
+            "tokenizer.ggml.unknown_token_id": tok.unk_id, "tokenizer.ggml.add_bos_token": False}
+
+
+def convert(folder, out_path, type_name="f32"):
+    """Write the checkpoint in folder as an "mpt" GGUF: 2-D weights in the chosen type (quantized by quant.py),
+    norms in F32. The file is written under a temporary name and renamed only when complete."""
+    import gguf
+
+    hf, tensors = read_hf_checkpoint(folder)
+    cfg = config_from_hf(hf, None, False)
+    qtype = CONVERT_TYPES[type_name]
+    w = gguf.GGUFWriter(out_path + ".part", "mpt")
+    w.add_name(cfg.name)
+    w.add_context_length(cfg.seq_len)
+    w.add_embedding_length(cfg.dim)
+    w.add_block_count(cfg.n_layers)
+    w.add_feed_forward_length(cfg.hidden_dim)
+    w.add_head_count(cfg.n_heads)
+    w.add_head_count_kv(cfg.n_kv_heads)
+    w.add_layer_norm_eps(cfg.norm_eps)
+    w.add_max_alibi_bias(cfg.alibi_bias_max)
+    if cfg.clip_qkv:
+        w.add_clamp_kqv(cfg.clip_qkv)
+    for key, value in gguf_vocabulary(folder).items():
+        w.add_key_value(key, value, gguf_value_type(value))
+    for key, hf_name in HF_NAMES.items():
+        for l in (range(cfg.n_layers) if "{}" in hf_name else [None]):
+            t = tensors[hf_name.format(l)]
+            x = quant.dequantize(t.data, t.qtype).reshape(t.shape).astype(np.float32)  # [rows, cols] or [n]
+            out_name = GGUF_NAMES[key].format(l)
+            if x.ndim == 1 or qtype == quant.QT.F32:
+                w.add_tensor(out_name, x)
+            elif qtype == quant.QT.F16:
+                w.add_tensor(out_name, x.astype(np.float16))
+            else:
+                w.add_tensor(out_name, quant.quantize(x, qtype), raw_dtype=qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file(progress=True)
+    w.close()
+    os.replace(out_path + ".part", out_path)
+    return out_path
+
+
+def gguf_value_type(value):
+    """gguf-py's type tag for a metadata value we write."""
+    import gguf
+
+    V = gguf.GGUFValueType
+    if isinstance(value, bool):
+        return V.BOOL
+    if isinstance(value, str):
+        return V.STRING
+    if isinstance(value, int):
+        return V.UINT32
+    if isinstance(value, float):
+        return V.FLOAT32
+    return V.ARRAY
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # Command line: MAX's replit pipeline options, and llama3.py's streaming and statistics
 
 DEFAULT_REPO = "replit/replit-code-v1_5-3b"
@@ -422,8 +520,13 @@ def parse_args(argv=None):
                    help="MAX's option; the weights run in whatever encoding the file holds")
     p.add_argument("--num-warmups", type=int, default=1, help="throwaway prompt passes before timing")
     p.add_argument("--threads", type=int, default=None, help="threads for the matrix kernels (default: all cores)")
+    p.add_argument("--convert-to", default="", help="write the checkpoint directory of --model-path as this GGUF file "
+                   "(llama.cpp loads it too), then exit")
+    p.add_argument("--convert-type", default="q4_k", choices=list(CONVERT_TYPES), help="weight type for --convert-to")
     args = p.parse_args(argv)
     llama3.check_sampling_args(p, args)
+    if args.convert_to and not os.path.isdir(args.model_path):
+        p.error("--convert-to needs --model-path to name a checkpoint directory")
     if args.num_warmups < 0:
         p.error("--num-warmups must be >= 0")
     args.prompt = args.prompt.replace("\\n", "\n")
@@ -433,6 +536,9 @@ def parse_args(argv=None):
 def run(args):
     if args.threads:
         quant.set_threads(args.threads)
+    if args.convert_to:
+        print(f"wrote {convert(args.model_path, args.convert_to, args.convert_type)}", file=sys.stderr)
+        return
     path = args.model_path or download_default()
     model = load(path, 512 if args.max_length is None else args.max_length, fit_context=args.max_length is None)
     cfg = model.config

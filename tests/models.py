@@ -217,16 +217,38 @@ def mpt_weights(cfg, vocab_size, seed):
     return w
 
 
-def write_tiny_mpt_hf(folder, dtype="float32", seed=0, **overrides):
+SPM_CORPUS = ["def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n",
+              "for i in range(10):\n\tprint(i, i * i)  # squares\n", "class Point:\n    x: float = 0.0\n",
+              "import numpy as np\nx = np.zeros((3, 4), dtype=np.float32)\n", "héllo wörld, naïve café 日本"] * 20
+
+
+def train_spm(folder, vocab_size=400):
+    """A small SentencePiece BPE model trained by sentencepiece itself (Replit Code V1 ships one)."""
+    import sentencepiece as spm
+
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(SPM_CORPUS), model_prefix=os.path.join(folder, "spiece"),
+                                   vocab_size=vocab_size, model_type="bpe", byte_fallback=True,
+                                   character_coverage=1.0, bos_id=1, eos_id=2, unk_id=0, pad_id=-1,
+                                   normalization_rule_name="identity", remove_extra_whitespaces=False,
+                                   minloglevel=2)
+    return os.path.join(folder, "spiece.model")
+
+
+def write_tiny_mpt_hf(folder, dtype="float32", seed=0, tokenizer="bpe", **overrides):
     """A tiny Replit-Code-shaped checkpoint directory (24 heads over 8 KV heads by default: the ALiBi slopes of
     a head count that is not a power of two, and grouped-query attention). Pass kv_n_heads=None for plain
-    multi-head attention. Returns the config dict."""
+    multi-head attention, tokenizer="spm" for a SentencePiece spiece.model (as Replit Code V1 has) instead of
+    a byte-level BPE tokenizer.json. Returns the config dict."""
     import json
 
     os.makedirs(folder, exist_ok=True)
     cfg = {**TINY_MPT, **overrides}
     tokens, _, merges = tiny_vocab()
     tokens = tokens[:256 + len(merges)] + ["<|endoftext|>"]
+    if tokenizer == "spm":
+        import sentencepiece as spm
+
+        tokens = [None] * spm.SentencePieceProcessor(model_file=train_spm(folder)).vocab_size()
     attn = {"alibi": True, "alibi_bias_max": 8, "attn_type": "grouped_query_attention", "clip_qkv": None,
             "qk_ln": False, "softmax_scale": None}
     if cfg.get("kv_n_heads"):
@@ -250,7 +272,7 @@ def write_tiny_mpt_hf(folder, dtype="float32", seed=0, **overrides):
         import torch
         safetensors.torch.save_file({k: torch.from_numpy(v).to(getattr(torch, dtype)) for k, v in weights.items()},
                                     os.path.join(folder, "model.safetensors"))
-    tokenizer = {
+    tokenizer_json = {
         "version": "1.0", "truncation": None, "padding": None, "normalizer": None, "post_processor": None,
         "added_tokens": [{"id": len(tokens) - 1, "content": "<|endoftext|>", "single_word": False, "lstrip": False,
                           "rstrip": False, "normalized": False, "special": True}],
@@ -260,6 +282,7 @@ def write_tiny_mpt_hf(folder, dtype="float32", seed=0, **overrides):
                   "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
                   "vocab": {t: i for i, t in enumerate(tokens)}, "merges": merges},
     }
-    with open(os.path.join(folder, "tokenizer.json"), "w", encoding="utf-8") as f:
-        json.dump(tokenizer, f, ensure_ascii=False)
+    if tokenizer == "bpe":
+        with open(os.path.join(folder, "tokenizer.json"), "w", encoding="utf-8") as f:
+            json.dump(tokenizer_json, f, ensure_ascii=False)
     return config

@@ -1,0 +1,138 @@
+"""replit.py against implementations we did not write.
+
+- Tiny Replit-shaped checkpoints (tests/models.py: safetensors written by the safetensors library): 24 heads over
+  8 KV heads (ALiBi for a head count that is not a power of two, grouped-query attention), bfloat16 weights, and a
+  multi-head SentencePiece variant like Replit Code V1. Logits equal transformers' MptForCausalLM (K/V heads
+  repeated into a multi-head checkpoint, exact GELU) to 1e-4, prefill and token by token.
+- The converter's GGUF gives the same logits as the checkpoint directory, and llama.cpp loads it and agrees within
+  its tanh-approximated GELU.
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import replit
+import models
+from conftest import ROOT, max_diff, run_transformers
+
+TOL = 1e-4
+IDS = [5, 17, 200, 3, 99, 100, 42, 7, 8, 264, 11, 12, 70, 71, 72, 32]
+
+VARIANTS = {
+    "gqa": dict(seed=1),
+    "gqa-bf16": dict(seed=1, dtype="bfloat16"),
+    "mha-spm": dict(seed=2, d_model=256, n_heads=8, kv_n_heads=None, tokenizer="spm"),
+}
+
+
+@pytest.fixture(scope="session")
+def mpt_dirs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("mpt")
+    out = {}
+    for name, opts in VARIANTS.items():
+        models.write_tiny_mpt_hf(str(base / name), **opts)
+        out[name] = str(base / name)
+    return out
+
+
+@pytest.fixture(scope="session")
+def mpt_reference(mpt_dirs, tmp_path_factory):
+    work = str(tmp_path_factory.mktemp("mpt-oracle"))
+    jobs = [{"mpt_dir": d, "ids": IDS, "out": os.path.join(work, n + ".npy")} for n, d in mpt_dirs.items()]
+    run_transformers(jobs, work)
+    return {n: np.load(os.path.join(work, n + ".npy")) for n in mpt_dirs}
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_prefill_and_decode_match_transformers(name, mpt_dirs, mpt_reference):
+    ref = mpt_reference[name]
+    model = replit.load(mpt_dirs[name], max_length=64)
+    assert max_diff(model.forward(IDS, 0), ref) <= TOL
+    one_by_one = np.concatenate([model.forward([t], pos) for pos, t in enumerate(IDS)])
+    assert max_diff(one_by_one, ref) <= TOL
+    mixed = [model.forward(IDS[:6], 0)] + [model.forward([t], 6 + i) for i, t in enumerate(IDS[6:])]
+    assert max_diff(np.concatenate(mixed), ref) <= TOL
+
+
+def test_config_read_from_checkpoint(mpt_dirs):
+    c = replit.load(mpt_dirs["gqa"], max_length=None).config
+    assert (c.dim, c.n_heads, c.n_kv_heads, c.head_size, c.hidden_dim, c.n_layers, c.max_length) == \
+        (768, 24, 8, 32, 3072, 2, 128)
+    c = replit.load(mpt_dirs["mha-spm"], max_length=32).config
+    assert (c.n_heads, c.n_kv_heads, c.vocab_size) == (8, 8, 400)
+
+
+def test_alibi_slopes_for_24_heads():
+    """MPT's recipe for a head count that is not a power of two (REFERENCE.md; ggml computes the same)."""
+    expected = [2 ** (-j / 2) for j in range(1, 17)] + [2 ** (-k / 4) for k in range(1, 16, 2)]
+    assert np.allclose(replit.alibi_slopes(24, 8), expected, rtol=1e-6)
+    assert np.allclose(replit.alibi_slopes(8, 8), [2.0 ** -k for k in range(1, 9)], rtol=1e-6)
+
+
+def test_spm_tokenizer_matches_sentencepiece(mpt_dirs):
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=os.path.join(mpt_dirs["mha-spm"], "spiece.model"))
+    tok = replit.load(mpt_dirs["mha-spm"], max_length=32).tokenizer
+    for text in models.SPM_CORPUS[:5] + ["\tx = 1\n    y = 2", "naïve"]:
+        assert tok.encode(text, bos=False) == sp.encode(text)
+
+
+@pytest.fixture(scope="session")
+def gguf_f32(mpt_dirs, tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("mpt-gguf") / "gqa-f32.gguf")
+    return replit.convert(mpt_dirs["gqa"], path, "f32")
+
+
+def test_gguf_equals_checkpoint(mpt_dirs, gguf_f32):
+    a = replit.load(mpt_dirs["gqa"], max_length=64).forward(IDS, 0)
+    b = replit.load(gguf_f32, max_length=64).forward(IDS, 0)
+    assert max_diff(a, b) <= 1e-6
+    text = "the then\n\tthere"
+    assert replit.load(gguf_f32, 64).tokenizer.encode(text) == replit.load(mpt_dirs["gqa"], 64).tokenizer.encode(text)
+
+
+def test_gguf_f16_close_to_checkpoint(mpt_dirs, tmp_path):
+    path = replit.convert(mpt_dirs["gqa"], str(tmp_path / "f16.gguf"), "f16")
+    a = replit.load(mpt_dirs["gqa"], max_length=64).forward(IDS, 0)
+    b = replit.load(path, max_length=64).forward(IDS, 0)
+    assert max_diff(a, b) <= 0.05 and (a.argmax(1) == b.argmax(1)).all()
+
+
+def test_llamacpp_loads_our_gguf_and_agrees(mpt_dirs, gguf_f32):
+    """llama.cpp's MPT uses the tanh approximation of GELU (from an fp16 table): a few 1e-3 apart, same argmax."""
+    import llama_cpp
+
+    ours = replit.load(gguf_f32, max_length=64).forward(IDS, 0)
+    llm = llama_cpp.Llama(gguf_f32, n_ctx=64, n_threads=2, logits_all=True, type_k=0, type_v=0, verbose=False)
+    llm.eval(IDS)
+    theirs = np.array(llm.scores[:len(IDS)])
+    assert max_diff(ours, theirs) <= 2e-2
+    assert (ours.argmax(1) == theirs.argmax(1)).all()
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "replit.py"), *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=600)
+
+
+def test_cli_completes(mpt_dirs):
+    r = cli("--model-path", mpt_dirs["gqa"], "--prompt", "def f():\\n  return", "--max-new-tokens", "4",
+            "--temperature", "0", "--num-warmups", "1")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("def f():\n  return")  # the typed \n became a newline
+    assert "output size: 4 tokens" in r.stderr and "peak memory:" in r.stderr
+
+
+@pytest.mark.parametrize("args, status, words", [
+    (["--model-path", "/no/such/dir"], 1, "no such file"),
+    (["--model-path", "/tmp"], 1, "config.json"),
+    (["--temperature", "-1"], 2, "--temperature"),
+    (["--convert-to", "x.gguf"], 2, "--convert-to"),
+])
+def test_cli_errors(args, status, words):
+    r = cli(*args)
+    assert r.returncode == status and words in r.stderr and "Traceback" not in r.stderr
