@@ -234,8 +234,86 @@ def read_safetensors(path):
     return tensors
 
 
+# A pytorch_model.bin is a zip archive: data.pkl, a pickle of the state dict, and data/<key>, the raw bytes of each
+# storage. Unpickling runs whatever functions the pickle names, so a hostile file could run any code: we unpickle
+# with an Unpickler that knows only the few names a state dict needs, and map each storage's bytes from the zip.
+TORCH_STORAGES = {"FloatStorage": (quant.QT.F32, np.float32), "HalfStorage": (quant.QT.F16, np.float16),
+                  "BFloat16Storage": (quant.QT.BF16, np.uint16)}
+
+
+def read_torch_bin(path):
+    """{name: HFTensor} of a PyTorch state dict saved with torch.save, without torch and without running any
+    code from the file. Tensors must be contiguous, in float32, float16 or bfloat16 storages."""
+    import collections
+    import pickle
+    import zipfile
+
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise ModelError(f"{path}: not a PyTorch zip checkpoint ({e})") from None
+    names = archive.namelist()
+    pkl = next((n for n in names if n.endswith("/data.pkl") or n == "data.pkl"), None)
+    if pkl is None:
+        raise ModelError(f"{path}: no data.pkl inside: not a PyTorch checkpoint")
+    prefix = pkl[: -len("data.pkl")]
+
+    def storage_bytes(key, dtype, numel):
+        """The storage data/<key>, memory-mapped where the zip keeps it (torch.save stores it uncompressed)."""
+        info = archive.getinfo(f"{prefix}data/{key}")
+        if info.compress_type != zipfile.ZIP_STORED or info.file_size != numel * np.dtype(dtype).itemsize:
+            raise ModelError(f"{path}: storage {key} is compressed or has the wrong size")
+        with open(path, "rb") as f:  # the member's bytes follow its 30-byte local header, name and extra field
+            f.seek(info.header_offset)
+            header = f.read(30)
+        start = info.header_offset + 30 + int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30],
+                                                                                                   "little")
+        return np.memmap(path, dtype=dtype, mode="r", offset=start, shape=(numel,))
+
+    def rebuild_tensor(storage, offset, shape, stride, *_):
+        qtype, data = storage
+        shape = tuple(shape)
+        contiguous = tuple(int(np.prod(shape[i + 1:])) for i in range(len(shape)))
+        if shape and tuple(stride) != contiguous:
+            raise ModelError(f"{path}: a tensor is not contiguous; re-save the checkpoint")
+        n = int(np.prod(shape))
+        if offset < 0 or offset + n > data.size:
+            raise ModelError(f"{path}: a tensor lies outside its storage")
+        return HFTensor(qtype, shape, data[offset:offset + n].reshape(shape))
+
+    class StateDictUnpickler(pickle.Unpickler):
+        def find_class(self, module, name):
+            allowed = {("collections", "OrderedDict"): collections.OrderedDict,
+                       ("torch._utils", "_rebuild_tensor_v2"): rebuild_tensor,
+                       ("torch._utils", "_rebuild_parameter"): lambda tensor, *_: tensor}
+            if (module, name) in allowed:
+                return allowed[(module, name)]
+            if module == "torch" and name in TORCH_STORAGES:
+                return TORCH_STORAGES[name]
+            raise ModelError(f"{path}: refusing to unpickle {module}.{name} (not part of a plain state dict)")
+
+        def persistent_load(self, pid):  # ("storage", storage type, key, location, numel)
+            if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and pid[1] in
+                    TORCH_STORAGES.values()):
+                raise ModelError(f"{path}: unexpected storage reference {pid!r:.80}")
+            qtype, dtype = pid[1]
+            return qtype, storage_bytes(pid[2], dtype, int(pid[4]))
+
+    try:
+        with archive.open(pkl) as f:
+            state = StateDictUnpickler(f).load()
+    except ModelError:
+        raise
+    except Exception as e:  # a malformed pickle: any of pickle's many exception types
+        raise ModelError(f"{path}: unreadable state dict ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or not all(isinstance(t, HFTensor) for t in state.values()):
+        raise ModelError(f"{path}: does not hold a plain state dict of tensors")
+    return dict(state)
+
+
 def read_hf_checkpoint(folder):
-    """config.json and every tensor of a checkpoint directory (one or several .safetensors shards)."""
+    """config.json and every tensor of a checkpoint directory: .safetensors shards, or else the original
+    pytorch_model*.bin files (read safely, see read_torch_bin)."""
     config_path = os.path.join(folder, "config.json")
     if not os.path.isfile(config_path):
         raise ModelError(f"{folder}: no config.json: not a Hugging Face checkpoint directory")
@@ -244,12 +322,17 @@ def read_hf_checkpoint(folder):
             hf = json.load(f)
         except ValueError as e:
             raise ModelError(f"{config_path}: not valid JSON ({e})") from None
-    shards = sorted(n for n in os.listdir(folder) if n.endswith(".safetensors"))
-    if not shards:
-        raise ModelError(f"{folder}: no .safetensors weights (convert pytorch_model.bin to safetensors first)")
+    files = sorted(os.listdir(folder))
     tensors = {}
+    shards = [n for n in files if n.endswith(".safetensors")]
     for shard in shards:
         tensors.update(read_safetensors(os.path.join(folder, shard)))
+    if not shards:
+        bins = [n for n in files if n.startswith("pytorch_model") and n.endswith(".bin")]
+        if not bins:
+            raise ModelError(f"{folder}: no *.safetensors or pytorch_model*.bin weights")
+        for shard in bins:
+            tensors.update(read_torch_bin(os.path.join(folder, shard)))
     return hf, tensors
 
 
@@ -493,13 +576,22 @@ def gguf_value_type(value):
 # Command line: MAX's replit pipeline options, and llama3.py's streaming and statistics
 
 DEFAULT_REPO = "replit/replit-code-v1_5-3b"
-DEFAULT_FILES = ["config.json", "model.safetensors", "tokenizer.json"]
 
 
 def download_default():
-    """The published checkpoint, file by file, through llama3.py's hub download."""
-    paths = [llama3.hub_download(DEFAULT_REPO, name) for name in DEFAULT_FILES]
-    return os.path.dirname(paths[0])
+    """The published checkpoint, file by file, through llama3.py's hub download: config.json, the weights
+    (model.safetensors, or else the original pytorch_model.bin) and the tokenizer (tokenizer.json, or else
+    spiece.model). All land in one snapshot directory of the hub cache."""
+    folder = os.path.dirname(llama3.hub_download(DEFAULT_REPO, "config.json"))
+    for choices in (["model.safetensors", "pytorch_model.bin"], ["tokenizer.json", "spiece.model"]):
+        for i, name in enumerate(choices):
+            try:
+                llama3.hub_download(DEFAULT_REPO, name)
+                break
+            except ModelError:
+                if i == len(choices) - 1:
+                    raise
+    return folder
 
 
 def parse_args(argv=None):

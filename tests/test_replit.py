@@ -136,3 +136,47 @@ def test_cli_completes(mpt_dirs):
 def test_cli_errors(args, status, words):
     r = cli(*args)
     assert r.returncode == status and words in r.stderr and "Traceback" not in r.stderr
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The original pytorch_model.bin, read without torch and without running code from the file
+
+
+def test_pytorch_bin_equals_safetensors(mpt_dirs, tmp_path):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    for name in ["gqa", "gqa-bf16"]:
+        folder = tmp_path / name
+        folder.mkdir()
+        for f in ["config.json", "tokenizer.json"]:
+            shutil.copy(os.path.join(mpt_dirs[name], f), folder)
+        state = load_file(os.path.join(mpt_dirs[name], "model.safetensors"))
+        state["transformer.wte.weight"] = torch.nn.Parameter(state["transformer.wte.weight"], requires_grad=False)
+        torch.save(state, folder / "pytorch_model.bin")  # torch's own writer, as the hub's checkpoints were made
+        a = replit.load(mpt_dirs[name], max_length=64).forward(IDS, 0)
+        b = replit.load(str(folder), max_length=64).forward(IDS, 0)
+        assert max_diff(a, b) == 0.0
+
+
+def test_hostile_pickle_is_refused(mpt_dirs, tmp_path):
+    import pickle
+    import shutil
+    import zipfile
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    folder = tmp_path / "evil"
+    folder.mkdir()
+    shutil.copy(os.path.join(mpt_dirs["gqa"], "config.json"), folder)
+    with zipfile.ZipFile(folder / "pytorch_model.bin", "w") as z:
+        z.writestr("archive/data.pkl", pickle.dumps({"transformer.wte.weight": Evil()}))
+    with pytest.raises(replit.ModelError, match="refusing to unpickle"):
+        replit.load(str(folder))
+    assert not marker.exists()
