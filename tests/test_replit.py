@@ -180,3 +180,31 @@ def test_hostile_pickle_is_refused(mpt_dirs, tmp_path):
     with pytest.raises(replit.ModelError, match="refusing to unpickle"):
         replit.load(str(folder))
     assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Byte-level BPE from tokenizer.json, against Hugging Face's tokenizers library on a vocabulary it trained
+
+CODE_TEXTS = [
+    "", "x", "def f(a, b):\n\treturn a + b\n", "    indented = True\n        more = False\n",
+    "if (x) {\n\t\ty = 1;   // trailing spaces   \n}\n", "naïve café — 日本語 🚀🚀 ok", "12345 + 678 = 13023",
+    "It's they'll we'd I'm", "<|endoftext|>print(1)<|endoftext|>", "\n\n\n\t \t", "SELECT * FROM t;",
+]
+
+
+def test_bpe_tokenizer_json_matches_hf_tokenizers(tmp_path):
+    import json
+
+    import tokenizers as ours
+
+    texts = tmp_path / "texts.json"
+    texts.write_text(json.dumps(CODE_TEXTS), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "oracle_hf_tokenizers.py"), str(tmp_path),
+                        str(texts)], cwd=str(tmp_path), env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    expected = json.loads((tmp_path / "ids.json").read_text())
+    tok = ours.from_hf_tokenizer_json(str(tmp_path / "tokenizer.json"), add_bos=False)
+    for text, ids in zip(CODE_TEXTS, expected):
+        assert tok.encode(text) == ids, text
+        assert tok.decode(ids) == text
