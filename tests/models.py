@@ -122,13 +122,18 @@ def random_weights(cfg, vocab_size, tied, rope_freqs, seed):
 
 
 def write_tiny_llama(path, qtype="F32", tied=False, rope_freqs=True, seed=0, name="tiny-llama", vocab="tiny",
-                     **overrides):
+                     make_matrix=None, quantize=None, **overrides):
     """Write a tiny Llama-architecture GGUF. qtype: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0 or Q5_1 (gguf-py
     quantizes the 2-D weights; norms and rope_freqs stay F32 as llama.cpp keeps them). vocab: "tiny" (269 tokens)
-    or "llama3" (Meta's real 128256-token vocabulary). Returns the config."""
+    or "llama3" (Meta's real 128256-token vocabulary). make_matrix(rows, cols) replaces the random 2-D weights
+    (to put given tensors into a model llama.cpp can quantize); quantize(array, qtype) replaces gguf-py's
+    quantizer (to write files quantized by the code under test). Returns the config."""
     cfg = {**TINY, **overrides}
     tokens, types, merges = tiny_vocab() if vocab == "tiny" else llama3_vocab()
     weights = random_weights(cfg, len(tokens), tied, rope_freqs, seed)
+    if make_matrix is not None:
+        weights = {k: make_matrix(*a.shape).astype(np.float32) if a.ndim == 2 else a for k, a in weights.items()}
+    quantize = quantize or gguf.quants.quantize
     head_size = cfg["dim"] // cfg["n_heads"]
 
     w = gguf.GGUFWriter(str(path), "llama")
@@ -156,7 +161,7 @@ def write_tiny_llama(path, qtype="F32", tied=False, rope_freqs=True, seed=0, nam
     qt = T[qtype]
     for tname, arr in weights.items():
         if arr.ndim == 2 and qt != T.F32:
-            w.add_tensor(tname, gguf.quants.quantize(arr, qt), raw_dtype=qt)
+            w.add_tensor(tname, quantize(arr, qt), raw_dtype=qt)
         else:
             w.add_tensor(tname, arr)
     w.write_header_to_file()
