@@ -114,6 +114,24 @@ def test_llamacpp_loads_our_gguf_and_agrees(mpt_dirs, gguf_f32):
     assert (ours.argmax(1) == theirs.argmax(1)).all()
 
 
+@pytest.mark.parametrize("kind", ["q8_0", "q4_0", "q4_k", "q6_k"])
+def test_quantized_gguf_greedy_matches_llamacpp(kind, mpt_dirs, tmp_path):
+    """Quantized by our converter, run by both: llama.cpp also quantizes the activations (q8), so the logits
+    differ slightly; the first greedy steps must still agree."""
+    import llama_cpp
+
+    path = replit.convert(mpt_dirs["gqa"], str(tmp_path / f"{kind}.gguf"), kind)
+    ids = IDS[:8]
+    ours = list(replit.generate(replit.load(path, max_length=64), ids, 5, temperature=0, stop_ids=()))
+    llm = llama_cpp.Llama(path, n_ctx=64, n_threads=2, logits_all=True, type_k=0, type_v=0, verbose=False)
+    llm.eval(ids)
+    theirs = []
+    for _ in range(5):
+        theirs.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+        llm.eval([theirs[-1]])
+    assert ours == theirs
+
+
 def cli(*args):
     return subprocess.run([sys.executable, os.path.join(ROOT, "replit.py"), *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=600)
