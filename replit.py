@@ -576,17 +576,18 @@ def gguf_value_type(value):
 # Command line: MAX's replit pipeline options, and llama3.py's streaming and statistics
 
 DEFAULT_REPO = "replit/replit-code-v1_5-3b"
+HINT = "Pass --model-path with a checkpoint directory or an mpt GGUF file that you have"
 
 
 def download_default():
     """The published checkpoint, file by file, through llama3.py's hub download: config.json, the weights
     (model.safetensors, or else the original pytorch_model.bin) and the tokenizer (tokenizer.json, or else
     spiece.model). All land in one snapshot directory of the hub cache."""
-    folder = os.path.dirname(llama3.hub_download(DEFAULT_REPO, "config.json"))
+    folder = os.path.dirname(llama3.hub_download(DEFAULT_REPO, "config.json", HINT))
     for choices in (["model.safetensors", "pytorch_model.bin"], ["tokenizer.json", "spiece.model"]):
         for i, name in enumerate(choices):
             try:
-                llama3.hub_download(DEFAULT_REPO, name)
+                llama3.hub_download(DEFAULT_REPO, name, HINT)
                 break
             except ModelError:
                 if i == len(choices) - 1:

@@ -226,3 +226,14 @@ def test_bpe_tokenizer_json_matches_hf_tokenizers(tmp_path):
     for text, ids in zip(CODE_TEXTS, expected):
         assert tok.encode(text) == ids, text
         assert tok.decode(ids) == text
+
+
+def test_cli_offline_default_download_is_one_clear_line(tmp_path):
+    """No --model-path and no reachable hub: one line naming the repo and what to pass instead."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_") and k != "PYTHONPATH"}
+    env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path), HF_HUB_DISABLE_TELEMETRY="1",
+               HF_HUB_ETAG_TIMEOUT="3", HF_HUB_DOWNLOAD_TIMEOUT="3")
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "replit.py"), "--prompt", "x"], capture_output=True,
+                       text=True, cwd=ROOT, env=env, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.count("\n") == 1 and "replit/replit-code-v1_5-3b" in r.stderr and "checkpoint directory" in r.stderr
