@@ -241,9 +241,11 @@ def silu(x):
     return x * (0.5 + 0.5 * np.tanh(0.5 * x))
 
 
-def attention(q, keys, values, pos, kv_mul):
+def attention(q, keys, values, pos, kv_mul, bias=None):
     """Causal grouped-query attention of n new queries over all T = pos + n cached positions.
-    q: [n, n_heads, head_size]; keys, values: [T, n_kv_heads, head_size] -> [n, n_heads*head_size]"""
+    q: [n, n_heads, head_size]; keys, values: [T, n_kv_heads, head_size] -> [n, n_heads*head_size].
+    bias: added to the scores, broadcastable to [n_kv_heads, kv_mul, n, T]; Llama has none (RoPE already put the
+    positions into q and k), replit.py passes ALiBi's distance penalty."""
     n, n_heads, head_size = q.shape
     T, n_kv_heads, _ = keys.shape
     # Query head h reads key/value head h // kv_mul: group the query heads by the kv head they share.
@@ -251,6 +253,8 @@ def attention(q, keys, values, pos, kv_mul):
     k = keys.transpose(1, 2, 0)[:, None]                                     # [n_kv_heads, 1, head_size, T]
     v = values.transpose(1, 0, 2)[:, None]                                   # [n_kv_heads, 1, T, head_size]
     scores = (qg @ k) / np.float32(np.sqrt(head_size))                       # [n_kv_heads, kv_mul, n, T]
+    if bias is not None:
+        scores = scores + bias
     # Causal mask: the query at position pos + i sees the keys at positions 0 .. pos + i.
     future = np.arange(T)[None, :] > pos + np.arange(n)[:, None]             # [n, T]
     scores = np.where(future, np.float32(-np.inf), scores)

@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 
 import quant  # noqa: E402
 import tokenizers  # noqa: E402
-from llama3 import ModelError, UsageError, generate, softmax  # noqa: E402,F401  (generate: the shared loop)
+from llama3 import ModelError, UsageError, generate  # noqa: E402,F401  (generate: the shared loop)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -377,21 +377,12 @@ def alibi_slopes(n_heads, alibi_bias_max):
     return slopes.astype(np.float32)                                # [n_heads]
 
 
-def attention_alibi(q, keys, values, pos, kv_mul, slopes):
-    """Causal grouped-query attention with ALiBi: score(i, j) = q_i.k_j / sqrt(head_size) - slope * (i - j).
-    q: [n, n_heads, head_size]; keys, values: [T, n_kv_heads, head_size] -> [n, n_heads*head_size]"""
-    n, n_heads, head_size = q.shape
-    T, n_kv_heads, _ = keys.shape
-    qg = q.reshape(n, n_kv_heads, kv_mul, head_size).transpose(1, 2, 0, 3)  # [n_kv_heads, kv_mul, n, head_size]
-    k = keys.transpose(1, 2, 0)[:, None]                                    # [n_kv_heads, 1, head_size, T]
-    v = values.transpose(1, 0, 2)[:, None]                                  # [n_kv_heads, 1, T, head_size]
-    scores = (qg @ k) / np.float32(np.sqrt(head_size))                      # [n_kv_heads, kv_mul, n, T]
-    # ALiBi replaces RoPE: the further back a key, the larger the penalty, steeper for some heads than others.
-    distance = (pos + np.arange(n))[:, None] - np.arange(T)[None, :]        # [n, T]  i - j
-    bias = -slopes.reshape(n_kv_heads, kv_mul, 1, 1) * distance             # [n_kv_heads, kv_mul, n, T]
-    scores = np.where(distance < 0, np.float32(-np.inf), scores + bias)     # causal: no key from the future
-    out = softmax(scores) @ v                                               # [n_kv_heads, kv_mul, n, head_size]
-    return out.transpose(2, 0, 1, 3).reshape(n, n_heads * head_size)        # [n, n_heads*head_size]
+def alibi_bias(slopes, pos, n, T, kv_mul):
+    """ALiBi replaces RoPE: no positions in q or k, but a penalty on each attention score that grows with the
+    distance between query and key, steeper for some heads than for others: -slope[h] * (i - j).
+    slopes [n_heads] -> bias [n_kv_heads, kv_mul, n, T], grouped like llama3.attention's scores."""
+    distance = (pos + np.arange(n))[:, None] - np.arange(T)[None, :]    # [n, T]  i - j (negative: masked anyway)
+    return -slopes.reshape(-1, kv_mul, 1, 1) * distance.astype(np.float32)  # [n_kv_heads, kv_mul, n, T]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -438,7 +429,8 @@ class Replit:
             self.value_cache[l, pos:T] = qkv[:, d + kv_dim:]
             keys = self.key_cache[l, :T].reshape(T, cfg.n_kv_heads, cfg.head_size)         # [T, n_kv_heads, head_size]
             values = self.value_cache[l, :T].reshape(T, cfg.n_kv_heads, cfg.head_size)     # [T, n_kv_heads, head_size]
-            xb = attention_alibi(q, keys, values, pos, cfg.kv_mul, self.slopes)            # [n, dim]
+            bias = alibi_bias(self.slopes, pos, n, T, cfg.kv_mul)                          # [n_kv, kv_mul, n, T]
+            xb = llama3.attention(q, keys, values, pos, cfg.kv_mul, bias)                  # [n, dim]
             x = x + quant.matmul(xb, lw.wo)                                                # [n, dim]
 
             # 3. Feed-forward: LayerNorm, up, exact GELU, down.
