@@ -74,47 +74,46 @@ def read_config(meta, max_length, fit_context=False):
     if arch != "llama":
         raise ModelError(f"architecture is {arch!r}, but llama3.py runs only 'llama' GGUF files")
 
-    def get(key, default=None):
+    def get(key, default=None, kind=int):
+        """A metadata value of the right kind: a malformed file gets a message, not a traceback."""
         value = meta.get(f"{arch}.{key}", default)
         if value is None:
             raise ModelError(f"metadata key {arch}.{key} is missing")
-        return value
+        if isinstance(value, (bool, str, list)):
+            raise ModelError(f"metadata key {arch}.{key} holds {value!r:.40}, not a number")
+        return kind(value)
 
-    dim = int(get("embedding_length"))
-    n_heads = int(get("attention.head_count"))
-    n_kv_heads = int(get("attention.head_count_kv", n_heads))
+    dim = get("embedding_length")
+    n_heads = get("attention.head_count")
+    n_kv_heads = get("attention.head_count_kv", n_heads)
     if n_heads <= 0 or n_kv_heads <= 0 or n_heads % n_kv_heads:
         raise ModelError(f"inconsistent heads: {n_heads} heads, {n_kv_heads} key/value heads")
     if f"{arch}.attention.key_length" in meta:  # some models give the head size explicitly
-        head_size = int(meta[f"{arch}.attention.key_length"])
-    elif dim % n_heads == 0:
+        head_size = get("attention.key_length")
+    elif dim > 0 and dim % n_heads == 0:
         head_size = dim // n_heads
     else:
-        raise ModelError(f"dim {dim} is not a multiple of the {n_heads} heads")
+        raise ModelError(f"dim {dim} is not a positive multiple of the {n_heads} heads")
     if head_size <= 0 or head_size % 2:
         raise ModelError(f"head size {head_size} must be positive and even (RoPE rotates pairs)")
-    seq_len = int(get("context_length"))
+    seq_len = get("context_length")
     tokens = meta.get("tokenizer.ggml.tokens") or []
-    vocab_size = int(get("vocab_size", len(tokens) or None))
+    vocab_size = get("vocab_size", len(tokens) or None)
+    hidden_dim, n_layers = get("feed_forward_length"), get("block_count")
+    norm_eps, rope_theta = get("attention.layer_norm_rms_epsilon", kind=float), get("rope.freq_base", 1e4, float)
+    rope_dim = get("rope.dimension_count", head_size)
+    if min(dim, hidden_dim, n_layers, vocab_size, seq_len) <= 0:
+        raise ModelError("embedding, feed-forward, block count, vocabulary and context sizes must all be positive")
+    if not (norm_eps > 0 and rope_theta > 0) or not 0 < rope_dim <= head_size or rope_dim % 2:
+        raise ModelError(f"bad hyper-parameters: eps {norm_eps}, rope base {rope_theta}, rope dimensions {rope_dim}")
     if max_length is None or (fit_context and max_length > seq_len):
         max_length = seq_len
     if not 0 < max_length <= seq_len:
         raise ModelError(f"max length {max_length} must be between 1 and the model's context length {seq_len}")
-    return Config(
-        dim=dim,
-        hidden_dim=int(get("feed_forward_length")),
-        n_layers=int(get("block_count")),
-        n_heads=n_heads,
-        n_kv_heads=n_kv_heads,
-        head_size=head_size,
-        vocab_size=vocab_size,
-        seq_len=seq_len,
-        max_length=max_length,
-        norm_eps=float(get("attention.layer_norm_rms_epsilon")),
-        rope_theta=float(get("rope.freq_base", 10000.0)),
-        rope_dim=int(get("rope.dimension_count", head_size)),
-        name=str(meta.get("general.name", "unnamed")),
-    )
+    return Config(dim=dim, hidden_dim=hidden_dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads,
+                  head_size=head_size, vocab_size=vocab_size, seq_len=seq_len, max_length=max_length,
+                  norm_eps=norm_eps, rope_theta=rope_theta, rope_dim=rope_dim,
+                  name=str(meta.get("general.name", "unnamed")))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -338,8 +337,7 @@ def load(model_path, max_length=512, tokenizer_path=None, fit_context=False):
     cfg = read_config(meta, max_length, fit_context)
     weights = load_weights(tensors, cfg)
     tokenizer = load_tokenizer(meta, tokenizer_path)
-    if tokenizer.vocab_size > cfg.vocab_size:
-        raise ModelError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {cfg.vocab_size}")
+    check_tokenizer(tokenizer, cfg.vocab_size)
     return Llama(cfg, weights, tokenizer, path)
 
 
@@ -352,8 +350,17 @@ def load_tokenizer(meta, tokenizer_path=None):
         if tokenizer_path:
             return tokenizers.from_tiktoken_file(tokenizer_path)
         return tokenizers.from_gguf(meta)
-    except (OSError, ValueError, KeyError) as e:
-        raise ModelError(f"{tokenizer_path or 'tokenizer metadata'}: {e}") from None
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:  # malformed metadata
+        raise ModelError(f"{tokenizer_path or 'tokenizer metadata'}: {type(e).__name__}: {e}") from None
+
+
+def check_tokenizer(tokenizer, vocab_size):
+    """Every id the tokenizer can produce must be a row of the embedding (the kernels do no bounds checks)."""
+    if tokenizer.vocab_size > vocab_size:
+        raise ModelError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {vocab_size}")
+    for name, i in [("BOS", tokenizer.bos_id), ("EOS", tokenizer.eos_id)] + [("stop", i) for i in tokenizer.stop_ids]:
+        if i is not None and not 0 <= i < vocab_size:
+            raise ModelError(f"the {name} token id {i} is outside the vocabulary of {vocab_size}")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -548,6 +555,7 @@ def parse_args(argv=None):
     p.add_argument("--version", default="3.1", choices=["3.0", "3.1"], help="which default weights to download")
     p.add_argument("--warmup-pipeline", action="store_true", help="run a short throwaway generation before timing")
     p.add_argument("--threads", type=int, default=None, help="threads for the matrix kernels (default: all cores)")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = p.parse_args(argv)
     check_sampling_args(p, args)
     return args
@@ -631,15 +639,15 @@ def report(n_prompt, n_out, t_startup, t_tokenize, times):
 
 
 def main_guard(run, args, prog):
-    """Run the CLI: every expected failure is one line on stderr; exit 2 for usage, 1 for files, 130 for Ctrl-C."""
+    """Run the CLI: every expected failure is one line on stderr (the traceback too with --debug); exit 2 for
+    usage errors, 1 for files we cannot use, 130 for Ctrl-C (after the text and statistics so far)."""
     try:
         run(args)
-    except UsageError as e:
+    except (UsageError, ModelError, OSError) as e:
+        if args.debug:
+            raise
         print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
-    except (ModelError, OSError) as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(e, UsageError) else 1
     except KeyboardInterrupt:
         return 130
     return 0

@@ -70,6 +70,8 @@ def make_config(dim, n_heads, n_kv_heads, n_layers, hidden_dim, vocab_size, seq_
     """Check the hyper-parameters for consistency and build the Config (shared by both file formats)."""
     if min(dim, n_heads, n_kv_heads, n_layers, hidden_dim, vocab_size, seq_len) <= 0:
         raise ModelError("every size in the config must be positive")
+    if not (float(norm_eps) > 0 and float(alibi_bias_max) > 0):
+        raise ModelError(f"bad hyper-parameters: eps {norm_eps}, alibi_bias_max {alibi_bias_max}")
     if dim % n_heads or n_heads % n_kv_heads:
         raise ModelError(f"d_model {dim} must divide into {n_heads} heads, and those into {n_kv_heads} KV heads")
     if max_length is None or (fit_context and max_length > seq_len):
@@ -343,8 +345,8 @@ def load_hf_tokenizer(folder):
             return tokenizers.from_hf_tokenizer_json(os.path.join(folder, "tokenizer.json"), add_bos=False)
         if os.path.isfile(os.path.join(folder, "spiece.model")):
             return tokenizers.from_sentencepiece_file(os.path.join(folder, "spiece.model"))
-    except (OSError, ValueError, KeyError) as e:
-        raise ModelError(f"{folder}: tokenizer: {e}") from None
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:  # malformed files
+        raise ModelError(f"{folder}: tokenizer: {type(e).__name__}: {e}") from None
     raise ModelError(f"{folder}: no tokenizer.json or spiece.model")
 
 
@@ -461,8 +463,7 @@ def load(path, max_length=512, fit_context=False):
         tokenizer = llama3.load_tokenizer(meta)
     else:
         raise ModelError(f"{path}: no such file or directory")
-    if tokenizer.vocab_size > cfg.vocab_size:
-        raise ModelError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {cfg.vocab_size}")
+    llama3.check_tokenizer(tokenizer, cfg.vocab_size)
     return Replit(cfg, weights, tokenizer, path)
 
 
@@ -608,6 +609,7 @@ def parse_args(argv=None):
     p.add_argument("--convert-to", default="", help="write the checkpoint directory of --model-path as this GGUF file "
                    "(llama.cpp loads it too), then exit")
     p.add_argument("--convert-type", default="q4_k", choices=list(CONVERT_TYPES), help="weight type for --convert-to")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = p.parse_args(argv)
     llama3.check_sampling_args(p, args)
     if args.convert_to and not os.path.isdir(args.model_path):

@@ -579,6 +579,11 @@ def from_gguf(meta):
     model = meta.get("tokenizer.ggml.model")
     tokens = meta["tokenizer.ggml.tokens"]
     types = meta.get("tokenizer.ggml.token_type")
+    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+        raise ValueError("tokenizer.ggml.tokens must be a list of strings")
+    for key in ("tokenizer.ggml.token_type", "tokenizer.ggml.scores"):  # one entry per token, or none at all
+        if key in meta and (not isinstance(meta[key], list) or len(meta[key]) != len(tokens)):
+            raise ValueError(f"{key} must have one entry for each of the {len(tokens)} tokens")
     extra_stops = [meta[k] for k in ("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id") if k in meta]
     add_bos = meta.get("tokenizer.ggml.add_bos_token")
     if model == "gpt2":
