@@ -479,6 +479,7 @@ def gguf_vocabulary(folder):
     {key: value} with the keys llama.cpp reads."""
     path = os.path.join(folder, "tokenizer.json")
     if os.path.isfile(path):
+        load_hf_tokenizer(folder)  # the same checks as for running it: a clear error for a malformed file
         with open(path, encoding="utf-8") as f:
             spec = json.load(f)
         pre = spec.get("pre_tokenizer") or {}
@@ -511,12 +512,23 @@ def gguf_vocabulary(folder):
 def convert(folder, out_path, type_name="f32"):
     """Write the checkpoint in folder as an "mpt" GGUF: 2-D weights in the chosen type (quantized by quant.py),
     norms in F32. The file is written under a temporary name and renamed only when complete."""
-    import gguf
-
     hf, tensors = read_hf_checkpoint(folder)
     cfg = config_from_hf(hf, None, False)
     qtype = CONVERT_TYPES[type_name]
-    w = gguf.GGUFWriter(out_path + ".part", "mpt")
+    part = out_path + ".part"
+    try:
+        write_gguf(part, cfg, tensors, gguf_vocabulary(folder), qtype)
+        os.replace(part, out_path)
+    finally:
+        if os.path.exists(part):  # a failed or interrupted conversion leaves nothing behind
+            os.remove(part)
+    return out_path
+
+
+def write_gguf(path, cfg, tensors, vocabulary, qtype):
+    import gguf
+
+    w = gguf.GGUFWriter(path, "mpt")
     w.add_name(cfg.name)
     w.add_context_length(cfg.seq_len)
     w.add_embedding_length(cfg.dim)
@@ -528,7 +540,7 @@ def convert(folder, out_path, type_name="f32"):
     w.add_max_alibi_bias(cfg.alibi_bias_max)
     if cfg.clip_qkv:
         w.add_clamp_kqv(cfg.clip_qkv)
-    for key, value in gguf_vocabulary(folder).items():
+    for key, value in vocabulary.items():
         w.add_key_value(key, value, gguf_value_type(value))
     for key, hf_name in HF_NAMES.items():
         for l in (range(cfg.n_layers) if "{}" in hf_name else [None]):
@@ -545,8 +557,6 @@ def convert(folder, out_path, type_name="f32"):
     w.write_kv_data_to_file()
     w.write_tensors_to_file(progress=True)
     w.close()
-    os.replace(out_path + ".part", out_path)
-    return out_path
 
 
 def gguf_value_type(value):

@@ -120,10 +120,15 @@ def run_all(script, paths, extra=()):
         f"    code = {script}.main(['--model-path', path, '--prompt', 'hi', '--max-new-tokens', '2',"
         f" '--temperature', '0', '--max-length', '16', *{list(extra)!r}])\n"
         "    print('STATUS', code, flush=True)\n"
-        "    print('CASE-END', file=sys.stderr, flush=True)\n")
+        "    print('CASE-END', file=sys.stderr, flush=True)\n"
+        "import resource\n"
+        "print('PEAK-MIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n")
     r = subprocess.run([sys.executable, "-c", runner, *paths], cwd=ROOT, capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, f"runner died with {r.returncode}:\n{r.stderr[-3000:]}"
+    # The files are a few hundred KB: no case may make the loader allocate what a declared size claims.
+    peak = int(r.stdout.split("PEAK-MIB")[1])
+    assert peak < 1500, f"the runner peaked at {peak} MiB"
     statuses = [int(line.split()[1]) for line in r.stdout.splitlines() if line.startswith("STATUS")]
     assert len(statuses) == len(paths)
     return list(zip(statuses, r.stderr.split("CASE-END\n")))

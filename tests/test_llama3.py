@@ -259,6 +259,11 @@ def test_cli_errors_are_one_line(args, status, words):
         assert r.stderr.strip().count("\n") == 0 and r.stderr.startswith("llama3.py: error:")
 
 
+def test_cli_empty_prompt_without_bos(smollm2_path):
+    r = cli("--model-path", smollm2_path, "--prompt", "")  # SmolLM2 adds no BOS: nothing to continue
+    assert r.returncode == 2 and "empty" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_cli_max_length_beyond_context(tiny_models):
     r = cli("--model-path", tiny_models["f32"][0], "--max-length", "4096")  # the tiny model's context is 128
     assert r.returncode == 1 and "context length 128" in r.stderr and "Traceback" not in r.stderr

@@ -228,6 +228,17 @@ def test_bpe_tokenizer_json_matches_hf_tokenizers(tmp_path):
         assert tok.decode(ids) == text
 
 
+def test_failed_conversion_leaves_nothing(mpt_dirs, tmp_path):
+    import shutil
+
+    folder = tmp_path / "broken"
+    shutil.copytree(mpt_dirs["gqa"], folder)
+    (folder / "tokenizer.json").write_text("{}")  # the weights convert, the vocabulary then fails
+    with pytest.raises(replit.ModelError):
+        replit.convert(str(folder), str(tmp_path / "out.gguf"), "f32")
+    assert os.listdir(tmp_path) == ["broken"]
+
+
 def test_cli_offline_default_download_is_one_clear_line(tmp_path):
     """No --model-path and no reachable hub: one line naming the repo and what to pass instead."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_") and k != "PYTHONPATH"}
