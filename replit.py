@@ -93,6 +93,9 @@ def config_from_hf(hf, max_length, fit_context):
         raise ModelError("config.json: only ALiBi position encoding is supported (alibi true, no learned_pos_emb)")
     if not hf.get("no_bias", True) or attn.get("qk_ln", False):
         raise ModelError("config.json: biases and qk_ln are not supported (Replit Code has neither)")
+    if attn.get("softmax_scale") is not None or hf.get("logit_scale") is not None:
+        # both change every score or logit; Replit Code leaves them null (1/sqrt(head_size), no scaling)
+        raise ModelError("config.json: a custom softmax_scale or logit_scale is not supported")
     try:
         n_heads = int(hf["n_heads"])
         return make_config(
