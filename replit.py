@@ -85,28 +85,45 @@ def make_config(dim, n_heads, n_kv_heads, n_layers, hidden_dim, vocab_size, seq_
 
 
 def config_from_hf(hf, max_length, fit_context):
-    """From a checkpoint's config.json (MPT's names: d_model, n_heads, attn_config.kv_n_heads, ...)."""
-    attn = hf.get("attn_config") or {}
+    """From a checkpoint's config.json (MPT's names: d_model, n_heads, attn_config.kv_n_heads, ...). Options that
+    would change the arithmetic and that this file does not implement are refused, never silently ignored."""
+    attn = hf.get("attn_config") or {} if isinstance(hf, dict) else None
+    ffn = hf.get("ffn_config") or {} if isinstance(hf, dict) else None
+    if not isinstance(attn, dict) or not isinstance(ffn, dict):
+        raise ModelError("config.json: the config and its attn_config / ffn_config must be JSON objects")
     if hf.get("model_type") != "mpt":
         raise ModelError(f"config.json: model_type is {hf.get('model_type')!r}, but replit.py runs 'mpt' models")
-    if not attn.get("alibi", False) or hf.get("learned_pos_emb", False):
-        raise ModelError("config.json: only ALiBi position encoding is supported (alibi true, no learned_pos_emb)")
-    if not hf.get("no_bias", True) or attn.get("qk_ln", False):
-        raise ModelError("config.json: biases and qk_ln are not supported (Replit Code has neither)")
-    if attn.get("softmax_scale") is not None or hf.get("logit_scale") is not None:
-        # both change every score or logit; Replit Code leaves them null (1/sqrt(head_size), no scaling)
-        raise ModelError("config.json: a custom softmax_scale or logit_scale is not supported")
+    unsupported = {
+        "position encoding other than ALiBi": not attn.get("alibi", False) or attn.get("rope", False),
+        "biases (no_bias false)": not hf.get("no_bias", True),
+        "qk_ln / qk_gn": attn.get("qk_ln", False) or attn.get("qk_gn", False),
+        "a sliding attention window": attn.get("sliding_window_size", -1) not in (-1, None),
+        "a custom softmax_scale or logit_scale": attn.get("softmax_scale") is not None
+        or hf.get("logit_scale") is not None,
+        f"norm_type {hf.get('norm_type')!r}": hf.get("norm_type", "low_precision_layernorm")
+        not in ("layernorm", "low_precision_layernorm"),
+        f"ffn_type {ffn.get('ffn_type')!r}": ffn.get("ffn_type", "mptmlp") != "mptmlp",
+        "an activation other than exact GELU": ffn.get("ffn_act_fn", {"name": "gelu"}) not in (
+            {"name": "gelu"}, {"name": "gelu", "approximate": "none"}),
+    }
+    for what, present in unsupported.items():
+        if present:
+            raise ModelError(f"config.json: {what} is not supported (Replit Code has none)")
     try:
         n_heads = int(hf["n_heads"])
+        kind = attn.get("attn_type", "multihead_attention")
+        n_kv_heads = {"multihead_attention": n_heads, "multiquery_attention": 1}.get(kind)
+        if n_kv_heads is None:  # grouped_query_attention
+            n_kv_heads = int(attn.get("kv_n_heads") or n_heads)
         return make_config(
-            dim=int(hf["d_model"]), n_heads=n_heads, n_kv_heads=int(attn.get("kv_n_heads") or n_heads),
+            dim=int(hf["d_model"]), n_heads=n_heads, n_kv_heads=n_kv_heads,
             n_layers=int(hf["n_layers"]), hidden_dim=int(hf.get("expansion_ratio", 4) * hf["d_model"]),
             vocab_size=int(hf["vocab_size"]), seq_len=int(hf["max_seq_len"]), max_length=max_length,
-            fit_context=fit_context, norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-            alibi_bias_max=attn.get("alibi_bias_max", 8), clip_qkv=attn.get("clip_qkv"),
+            fit_context=fit_context, norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
+            alibi_bias_max=float(attn.get("alibi_bias_max", 8)), clip_qkv=attn.get("clip_qkv"),
             name=str(hf.get("_name_or_path") or hf.get("tokenizer_name") or "mpt"))
     except (KeyError, TypeError, ValueError) as e:
-        raise ModelError(f"config.json: missing or bad value ({e})") from None
+        raise ModelError(f"config.json: missing or bad value ({type(e).__name__}: {e})") from None
 
 
 def config_from_gguf(meta, tensors, max_length, fit_context):
@@ -181,6 +198,11 @@ def load_weights(tensors, names, cfg):
         except ValueError as e:
             raise ModelError(f"tensor {name}: {e}") from None
 
+    expected = {names[k].format(l) for k in names for l in range(cfg.n_layers)} | {"lm_head.weight"}
+    unexpected = sorted(set(tensors) - expected)
+    if unexpected:  # biases, position embeddings, q/k norms...: weights this file would silently not use
+        raise ModelError(f"tensor {unexpected[0]} is not part of the model replit.py runs "
+                         f"({len(unexpected)} unexpected tensors)")
     d, h = cfg.dim, cfg.hidden_dim
     layers = [LayerWeights(
         norm_1=tensor("norm_1", (d,), l),
@@ -224,16 +246,22 @@ def read_safetensors(path):
     except ValueError as e:
         raise ModelError(f"{path}: unreadable header ({e})") from None
     data = mm[8 + n:]
+    if not isinstance(header, dict):
+        raise ModelError(f"{path}: the header is not a JSON object")
     tensors = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        if info.get("dtype") not in SAFETENSORS_TYPES:
-            raise ModelError(f"{path}: tensor {name} has dtype {info.get('dtype')}; supported: F32, F16, BF16")
-        qtype, dtype = SAFETENSORS_TYPES[info["dtype"]]
-        shape = tuple(int(s) for s in info["shape"])
-        start, end = (int(o) for o in info["data_offsets"])
-        if not 0 <= start <= end <= len(data) or end - start != int(np.prod(shape)) * np.dtype(dtype).itemsize:
+        try:
+            dtype_name, shape, (start, end) = info["dtype"], tuple(int(s) for s in info["shape"]), info["data_offsets"]
+            start, end = int(start), int(end)
+        except (KeyError, TypeError, ValueError):
+            raise ModelError(f"{path}: tensor {name} has a malformed header entry") from None
+        if dtype_name not in SAFETENSORS_TYPES:
+            raise ModelError(f"{path}: tensor {name} has dtype {dtype_name}; supported: F32, F16, BF16")
+        qtype, dtype = SAFETENSORS_TYPES[dtype_name]
+        nbytes = int(np.prod(shape, dtype=np.float64)) * np.dtype(dtype).itemsize
+        if min(shape, default=1) < 0 or not 0 <= start <= end <= len(data) or end - start != nbytes:
             raise ModelError(f"{path}: tensor {name} has a byte range that does not fit its shape or the file")
         tensors[name] = HFTensor(qtype, shape, data[start:end].view(dtype).reshape(shape))
     return tensors
@@ -250,6 +278,7 @@ def read_torch_bin(path):
     """{name: HFTensor} of a PyTorch state dict saved with torch.save, without torch and without running any
     code from the file. Tensors must be contiguous, in float32, float16 or bfloat16 storages."""
     import collections
+    import io
     import pickle
     import zipfile
 
@@ -304,9 +333,11 @@ def read_torch_bin(path):
             qtype, dtype = pid[1]
             return qtype, storage_bytes(pid[2], dtype, int(pid[4]))
 
+    if archive.getinfo(pkl).file_size > 64 << 20:  # a state dict's pickle is small; its tensors live elsewhere
+        raise ModelError(f"{path}: data.pkl declares {archive.getinfo(pkl).file_size} bytes: not a plain state dict")
     try:
         with archive.open(pkl) as f:
-            state = StateDictUnpickler(f).load()
+            state = StateDictUnpickler(io.BytesIO(f.read(64 << 20))).load()  # never more than the limit
     except ModelError:
         raise
     except Exception as e:  # a malformed pickle: any of pickle's many exception types
@@ -477,9 +508,10 @@ CONVERT_TYPES = {"f32": quant.QT.F32, "f16": quant.QT.F16, "q8_0": quant.QT.Q8_0
                  "q4_k": quant.QT.Q4_K, "q6_k": quant.QT.Q6_K}
 
 
-def gguf_vocabulary(folder):
+def gguf_vocabulary(folder, vocab_size):
     """The tokenizer metadata of a GGUF, from the checkpoint's tokenizer.json or spiece.model:
-    {key: value} with the keys llama.cpp reads."""
+    {key: value} with the keys llama.cpp reads; the token list is padded to the embedding's vocab_size rows
+    (llama.cpp requires one token per row)."""
     path = os.path.join(folder, "tokenizer.json")
     if os.path.isfile(path):
         load_hf_tokenizer(folder)  # the same checks as for running it: a clear error for a malformed file
@@ -489,16 +521,18 @@ def gguf_vocabulary(folder):
         if spec["model"].get("type") != "BPE" or pre.get("type") != "ByteLevel" or not pre.get("use_regex", True):
             raise ModelError(f"{path}: only byte-level BPE with GPT-2's pre-tokenizer can be written to GGUF")
         vocab = dict(spec["model"]["vocab"])
-        special = set()
+        types = {}  # id -> GGUF token type, for the ids that are not normal tokens
         for added in spec.get("added_tokens", []):
             vocab[added["content"]] = added["id"]
-            special.add(added["id"])
-        tokens = [f"[PAD{i}]" for i in range(max(vocab.values()) + 1)]  # ids no entry names stay as padding
+            types[added["id"]] = 3 if added.get("special") else 4  # control, or user-defined
+        n = max(vocab_size, max(vocab.values()) + 1)
+        tokens = [f"[PAD{i}]" for i in range(n)]  # rows no token names are padding, marked unused (5)
+        types.update({i: 5 for i in range(n) if i not in vocab.values()})
         for text, i in vocab.items():
             tokens[i] = text
         ids = {t: i for i, t in enumerate(tokens)}
         meta = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "mpt", "tokenizer.ggml.tokens": tokens,
-                "tokenizer.ggml.token_type": [3 if i in special else 1 for i in range(len(tokens))],
+                "tokenizer.ggml.token_type": [types.get(i, 1) for i in range(n)],
                 "tokenizer.ggml.merges": [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]}
         if "<|endoftext|>" in ids:
             meta["tokenizer.ggml.eos_token_id"] = ids["<|endoftext|>"]
@@ -520,7 +554,8 @@ def convert(folder, out_path, type_name="f32"):
     qtype = CONVERT_TYPES[type_name]
     part = out_path + ".part"
     try:
-        write_gguf(part, cfg, tensors, gguf_vocabulary(folder), qtype)
+        load_weights(tensors, HF_NAMES, cfg)  # every tensor present, with its expected shape, before writing
+        write_gguf(part, cfg, tensors, gguf_vocabulary(folder, cfg.vocab_size), qtype)
         os.replace(part, out_path)
     finally:
         if os.path.exists(part):  # a failed or interrupted conversion leaves nothing behind

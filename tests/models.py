@@ -261,14 +261,15 @@ def write_tiny_mpt_hf(folder, dtype="float32", seed=0, tokenizer="bpe", **overri
     else:
         attn["attn_type"] = "multihead_attention"
         cfg.pop("kv_n_heads", None)
+    n_rows = cfg.get("vocab_rows", len(tokens))  # real checkpoints often pad the embedding past the tokenizer
     config = {"architectures": ["MPTForCausalLM"], "model_type": "mpt", "d_model": cfg["d_model"],
               "n_heads": cfg["n_heads"], "n_layers": cfg["n_layers"], "expansion_ratio": cfg["expansion_ratio"],
-              "max_seq_len": cfg["max_seq_len"], "vocab_size": len(tokens), "attn_config": attn,
+              "max_seq_len": cfg["max_seq_len"], "vocab_size": n_rows, "attn_config": attn,
               "learned_pos_emb": False, "no_bias": True, "norm_type": "low_precision_layernorm",
               "logit_scale": None, "embedding_fraction": 1.0, "torch_dtype": dtype, "use_cache": False}
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
-    weights = mpt_weights(cfg, len(tokens), seed)
+    weights = mpt_weights(cfg, n_rows, seed)
     if dtype == "float32":
         import safetensors.numpy
         safetensors.numpy.save_file(weights, os.path.join(folder, "model.safetensors"))

@@ -248,3 +248,49 @@ def test_cli_offline_default_download_is_one_clear_line(tmp_path):
                        text=True, cwd=ROOT, env=env, timeout=120)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.count("\n") == 1 and "replit/replit-code-v1_5-3b" in r.stderr and "checkpoint directory" in r.stderr
+
+
+def test_padded_vocabulary_converts_for_llamacpp(tmp_path):
+    """An embedding with more rows than the tokenizer has tokens (as many real checkpoints have): the GGUF pads
+    the token list, and llama.cpp loads it and agrees with us."""
+    import llama_cpp
+
+    folder = str(tmp_path / "padded")
+    models.write_tiny_mpt_hf(folder, seed=3, d_model=256, n_heads=8, kv_n_heads=2, vocab_rows=320)
+    path = replit.convert(folder, str(tmp_path / "padded.gguf"), "f32")
+    ours = replit.load(path, max_length=32).forward(IDS, 0)
+    assert ours.shape == (len(IDS), 320)
+    assert max_diff(ours, replit.load(folder, max_length=32).forward(IDS, 0)) <= 1e-6
+    llm = llama_cpp.Llama(path, n_ctx=32, n_threads=2, logits_all=True, type_k=0, type_v=0, verbose=False)
+    llm.eval(IDS)
+    assert max_diff(ours, np.array(llm.scores[:len(IDS)])) <= 2e-2
+
+
+@pytest.mark.parametrize("change", [
+    {"norm_type": "rmsnorm"}, {"ffn_config": {"ffn_type": "mptglu"}}, {"logit_scale": 0.5},
+    {"attn_config": {"alibi": True, "softmax_scale": 0.1}}, {"attn_config": {"alibi": False}},
+    {"attn_config": {"alibi": True, "sliding_window_size": 16}}, {"no_bias": False}, {"attn_config": "x"},
+])
+def test_unsupported_mpt_options_are_refused(change, mpt_dirs, tmp_path):
+    import json
+    import shutil
+
+    folder = tmp_path / "variant"
+    shutil.copytree(mpt_dirs["gqa"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **change}))
+    with pytest.raises(replit.ModelError):
+        replit.load(str(folder), max_length=32)
+
+
+def test_zip_bomb_pickle_is_refused(mpt_dirs, tmp_path):
+    import shutil
+    import zipfile
+
+    folder = tmp_path / "bomb"
+    folder.mkdir()
+    shutil.copy(os.path.join(mpt_dirs["gqa"], "config.json"), folder)
+    with zipfile.ZipFile(folder / "pytorch_model.bin", "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("archive/data.pkl", b"\0" * (80 << 20))  # 80 MB of zeros, deflated to ~80 KB
+    with pytest.raises(replit.ModelError, match="data.pkl"):
+        replit.load(str(folder))
