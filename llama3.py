@@ -67,6 +67,16 @@ class Config:
         return self.n_heads // self.n_kv_heads
 
 
+def fit_max_length(max_length, seq_len, fit_context):
+    """The KV cache's length: max_length, or the model's whole context seq_len when None (or when fit_context and
+    max_length is longer); a length beyond the context is refused."""
+    if max_length is None or (fit_context and max_length > seq_len):
+        max_length = seq_len
+    if not 0 < max_length <= seq_len:
+        raise ModelError(f"max length {max_length} must be between 1 and the model's context length {seq_len}")
+    return max_length
+
+
 def read_config(meta, max_length, fit_context=False):
     """Build the Config from a GGUF's metadata dict. max_length=None means the model's whole context;
     fit_context=True shrinks a max_length beyond the context to it instead of refusing it."""
@@ -106,10 +116,7 @@ def read_config(meta, max_length, fit_context=False):
         raise ModelError("embedding, feed-forward, block count, vocabulary and context sizes must all be positive")
     if not (norm_eps > 0 and rope_theta > 0) or not 0 < rope_dim <= head_size or rope_dim % 2:
         raise ModelError(f"bad hyper-parameters: eps {norm_eps}, rope base {rope_theta}, rope dimensions {rope_dim}")
-    if max_length is None or (fit_context and max_length > seq_len):
-        max_length = seq_len
-    if not 0 < max_length <= seq_len:
-        raise ModelError(f"max length {max_length} must be between 1 and the model's context length {seq_len}")
+    max_length = fit_max_length(max_length, seq_len, fit_context)
     return Config(dim=dim, hidden_dim=hidden_dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads,
                   head_size=head_size, vocab_size=vocab_size, seq_len=seq_len, max_length=max_length,
                   norm_eps=norm_eps, rope_theta=rope_theta, rope_dim=rope_dim,

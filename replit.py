@@ -74,10 +74,7 @@ def make_config(dim, n_heads, n_kv_heads, n_layers, hidden_dim, vocab_size, seq_
         raise ModelError(f"bad hyper-parameters: eps {norm_eps}, alibi_bias_max {alibi_bias_max}")
     if dim % n_heads or n_heads % n_kv_heads:
         raise ModelError(f"d_model {dim} must divide into {n_heads} heads, and those into {n_kv_heads} KV heads")
-    if max_length is None or (fit_context and max_length > seq_len):
-        max_length = seq_len
-    if not 0 < max_length <= seq_len:
-        raise ModelError(f"max length {max_length} must be between 1 and the model's context length {seq_len}")
+    max_length = llama3.fit_max_length(max_length, seq_len, fit_context)
     return Config(dim=dim, hidden_dim=hidden_dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads,
                   head_size=dim // n_heads, vocab_size=vocab_size, seq_len=seq_len, max_length=max_length,
                   norm_eps=float(norm_eps), alibi_bias_max=float(alibi_bias_max), clip_qkv=float(clip_qkv or 0.0),
