@@ -10,19 +10,18 @@ quant.py knows (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K..Q6_K). Every
 metadata. Weights stay memory-mapped and quantized; each matrix-vector product dequantizes on the fly (quant.py).
 The arithmetic is float32 throughout, so the logits match a float forward of the same file (transformers) to ~1e-5.
 """
+import argparse
+import os
+import resource
+import sys
 import time
+from dataclasses import dataclass
 
-T_START = time.perf_counter()  # "startup time" counts from here: imports, loading, compiling
-
-import argparse  # noqa: E402
-import os  # noqa: E402
-import resource  # noqa: E402
-import sys  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+T_START = time.perf_counter()  # "startup time" counts from here: loading NumPy and Numba, the model, compiling
 
 # NumPy's BLAS only multiplies the small attention matrices here, and its idle threads spin on the same cores as
 # the Numba kernels that do the real work: measured, one BLAS thread makes prompt processing 3x faster on 2 cores.
-# It must be set before NumPy loads BLAS; an explicit OPENBLAS_NUM_THREADS from the user wins.
+# It must be set before NumPy loads BLAS (hence the imports below it); an explicit OPENBLAS_NUM_THREADS wins.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402

@@ -16,24 +16,23 @@ Weights come from a Hugging Face checkpoint directory as published (config.json,
 float16 or bfloat16, and the tokenizer files), or from a GGUF file of architecture "mpt" in any type quant.py reads.
 Every size is read from the model's own config. The arithmetic is float32 and the KV cache is float32.
 """
+import argparse
+import json
+import math
+import os
+import sys
 import time
+from dataclasses import dataclass
 
 T_START = time.perf_counter()  # "startup time" counts from here
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import os  # noqa: E402
-import sys  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+import llama3  # first: it limits NumPy's BLAS threads before NumPy loads
+import numba
+import numpy as np
 
-import llama3  # noqa: E402  (first: it limits NumPy's BLAS threads before NumPy loads)
-import numba  # noqa: E402
-import numpy as np  # noqa: E402
-
-import quant  # noqa: E402
-import tokenizers  # noqa: E402
-from llama3 import ModelError, UsageError, generate  # noqa: E402,F401  (generate: the shared loop)
+import quant
+import tokenizers
+from llama3 import ModelError, UsageError, generate  # noqa: F401  (generate: the generation loop both models share)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
