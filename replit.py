@@ -447,8 +447,10 @@ class Replit:
         T = pos + n
         d, kv_dim = cfg.dim, cfg.kv_dim
 
-        # 1. The token embeddings; no position embedding at all: ALiBi puts positions into the attention scores.
+        # 1. The token embeddings; no position embedding at all: ALiBi puts positions into the attention scores,
+        # with a bias that depends only on the positions, so every layer shares it.
         x = quant.get_rows(w.token_embedding, tokens)                                      # [n, dim]
+        bias = alibi_bias(self.slopes, pos, n, T, cfg.kv_mul)                              # [n_kv, kv_mul, n, T]
 
         for l, lw in enumerate(w.layers):
             # 2. Attention: LayerNorm, then one fused projection, split into queries, keys and values.
@@ -461,7 +463,6 @@ class Replit:
             self.value_cache[l, pos:T] = qkv[:, d + kv_dim:]
             keys = self.key_cache[l, :T].reshape(T, cfg.n_kv_heads, cfg.head_size)         # [T, n_kv_heads, head_size]
             values = self.value_cache[l, :T].reshape(T, cfg.n_kv_heads, cfg.head_size)     # [T, n_kv_heads, head_size]
-            bias = alibi_bias(self.slopes, pos, n, T, cfg.kv_mul)                          # [n_kv, kv_mul, n, T]
             xb = llama3.attention(q, keys, values, pos, cfg.kv_mul, bias)                  # [n, dim]
             x = x + quant.matmul(xb, lw.wo)                                                # [n, dim]
 

@@ -85,6 +85,20 @@ def llama3_rope_factors(head_size, theta, factor, low_freq_factor, high_freq_fac
     return factors.astype(np.float32)                                                # [head_size/2]
 
 
+def random_matrix(rng, rows, cols):
+    """A weight matrix scaled so that activations stay O(1) through the layers."""
+    return (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(np.float32)
+
+
+def random_norm(rng, n):
+    return (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)
+
+
+def random_embedding(rng, vocab_size, dim):
+    """Rows of norm ~4: tied models reuse them as the classifier, so this also keeps logits O(10)."""
+    return (4 * rng.standard_normal((vocab_size, dim)) / np.sqrt(dim)).astype(np.float32)
+
+
 def random_weights(cfg, vocab_size, tied, rope_freqs, seed):
     """Random weights with GGUF names and numpy shapes [out_features, in_features]."""
     rng = np.random.default_rng(seed)
@@ -92,14 +106,13 @@ def random_weights(cfg, vocab_size, tied, rope_freqs, seed):
     head_size = dim // n_heads
     kv_dim = n_kv * head_size
 
-    def mat(rows, cols):  # scaled so activations stay O(1) through the layers
-        return (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(np.float32)
+    def mat(rows, cols):
+        return random_matrix(rng, rows, cols)
 
     def norm(n):
-        return (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)
+        return random_norm(rng, n)
 
-    # Embedding rows of norm ~4: tied models reuse them as the classifier, so this also keeps logits O(10).
-    w = {"token_embd.weight": (4 * rng.standard_normal((vocab_size, dim)) / np.sqrt(dim)).astype(np.float32)}
+    w = {"token_embd.weight": random_embedding(rng, vocab_size, dim)}
     for l in range(cfg["n_layers"]):
         p = f"blk.{l}."
         w[p + "attn_norm.weight"] = norm(dim)
@@ -204,12 +217,12 @@ def mpt_weights(cfg, vocab_size, seed):
     hidden = cfg["expansion_ratio"] * d
 
     def mat(rows, cols):
-        return (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(np.float32)
+        return random_matrix(rng, rows, cols)
 
     def norm(n):
-        return (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)
+        return random_norm(rng, n)
 
-    w = {"transformer.wte.weight": (4 * rng.standard_normal((vocab_size, d)) / np.sqrt(d)).astype(np.float32)}
+    w = {"transformer.wte.weight": random_embedding(rng, vocab_size, d)}
     for l in range(cfg["n_layers"]):
         p = f"transformer.blocks.{l}."
         w[p + "norm_1.weight"] = norm(d)
