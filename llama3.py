@@ -148,8 +148,9 @@ class Weights:
     rope_freqs: np.ndarray          # [rope_dim/2] Llama 3.1's frequency divisors; all ones when absent
 
 
-def load_weights(tensors, cfg):
-    """Wrap every tensor the model needs ({name: quant.GGUFTensor}), checking its shape against the config."""
+def load_weights(tensors, cfg, kernels="int8"):
+    """Wrap every tensor the model needs ({name: quant.GGUFTensor}), checking its shape against the config.
+    kernels: how quant.matmul multiplies the matrices, "int8" or "float" (see load)."""
 
     def tensor(name, shape, optional=False):
         t = tensors.get(name)
@@ -164,7 +165,7 @@ def load_weights(tensors, cfg):
         if len(shape) == 1:  # norms and rope factors are small: decode them once to float32
             return quant.dequantize(t.data, t.qtype).reshape(shape)
         try:
-            return quant.QMatrix(t.data, t.qtype, shape)
+            return quant.QMatrix(t.data, t.qtype, shape, kernels)
         except ValueError as e:
             raise ModelError(f"tensor {name}: {e}") from None
 
@@ -328,11 +329,15 @@ class Llama:
         return quant.matmul(x, w.output)                                                      # [n, vocab_size]
 
 
-def load(model_path, max_length=512, tokenizer_path=None, fit_context=False):
+def load(model_path, max_length=512, tokenizer_path=None, fit_context=False, kernels="int8"):
     """Open a llama GGUF (memory-mapped) and return a ready Llama with its tokenizer and an empty KV cache.
     max_length: prompt + generated tokens, which sizes the KV cache; None allocates the model's whole context, and
     a value beyond it is an error unless fit_context=True shrinks it. tokenizer_path: a tiktoken-format
-    tokenizer.model to use instead of the one stored in the GGUF."""
+    tokenizer.model to use instead of the one stored in the GGUF. kernels: "int8" multiplies like llama.cpp,
+    rounding each activation vector to 8 bits first (fast; llama.cpp's numbers); "float" keeps activations in
+    float32 (the reference; transformers' numbers to 1e-5). See quant.py, "The int8 path"."""
+    if kernels not in quant.KERNELS:
+        raise ValueError(f"kernels must be one of {', '.join(quant.KERNELS)}, got {kernels!r}")
     path = os.fspath(model_path)
     if not os.path.isfile(path):
         raise ModelError(f"{path}: no such file" if not os.path.exists(path) else f"{path}: not a file")
@@ -341,7 +346,7 @@ def load(model_path, max_length=512, tokenizer_path=None, fit_context=False):
     except (ValueError, OSError) as e:
         raise ModelError(f"{path}: not a readable GGUF file ({e})") from None
     cfg = read_config(meta, max_length, fit_context)
-    weights = load_weights(tensors, cfg)
+    weights = load_weights(tensors, cfg, kernels)
     tokenizer = load_tokenizer(meta, tokenizer_path)
     check_tokenizer(tokenizer, cfg.vocab_size)
     return Llama(cfg, weights, tokenizer, path)
@@ -527,7 +532,7 @@ def describe(model):
     cfg, w = model.config, model.weights
     types = sorted({m.qtype.name for lw in w.layers for m in (lw.wq, lw.wk, lw.wv, lw.wo, lw.w1, lw.w2, lw.w3)})
     return (f"model: {cfg.name} ({cfg.n_layers} layers, dim {cfg.dim}, {cfg.n_heads}/{cfg.n_kv_heads} heads, "
-            f"vocab {cfg.vocab_size}, weights {'+'.join(types)}) from {model.path}")
+            f"vocab {cfg.vocab_size}, weights {'+'.join(types)}, {w.output.kernels} kernels) from {model.path}")
 
 
 def stream_text(model, tokens, out):
@@ -561,6 +566,8 @@ def parse_args(argv=None):
     p.add_argument("--version", default="3.1", choices=["3.0", "3.1"], help="which default weights to download")
     p.add_argument("--warmup-pipeline", action="store_true", help="run a short throwaway generation before timing")
     p.add_argument("--threads", type=int, default=None, help="threads for the matrix kernels (default: all cores)")
+    p.add_argument("--kernels", default="int8", choices=quant.KERNELS,
+                   help="int8: round activations to 8 bits like llama.cpp (fast); float: float32 (the reference)")
     p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = p.parse_args(argv)
     check_sampling_args(p, args)
@@ -590,9 +597,9 @@ def run(args):
         quant.set_threads(args.threads)
     path = resolve_model_path(args.model_path, args.version, args.quantization_encoding)
     if args.max_length is None:  # MAX's default of 512, unless the model's own context is shorter
-        model = load(path, 512, args.tokenizer_path or None, fit_context=True)
+        model = load(path, 512, args.tokenizer_path or None, fit_context=True, kernels=args.kernels)
     else:
-        model = load(path, args.max_length, args.tokenizer_path or None)
+        model = load(path, args.max_length, args.tokenizer_path or None, kernels=args.kernels)
     print(describe(model), file=sys.stderr)
     complete(model, args, T_START, warmups=1 if args.warmup_pipeline else 0)
 

@@ -36,10 +36,14 @@ on random blocks and on tensors quantized by llama.cpp itself.
 """
 import struct
 
+import gguf
+import llvmlite.binding as llvm
 import numba
 import numpy as np
-import gguf
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 QT = gguf.GGMLQuantizationType
 QK = 32     # weights per block of the simple types
@@ -909,13 +913,20 @@ def deq_row(kind, w, out):
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def matvec_kernel(kind, w, x, out):
-    """out[r] = W[r] . x for every row r: w [rows, bytes_per_row] raw, x [cols], out [rows]."""
-    xs = np.empty(x.size // 16, np.float32)  # per-16 sums of x, for the types with a min / offset per block
-    for k in range(xs.size):
-        xs[k] = x[16 * k:16 * k + 16].sum()
+def matvec_kernel(kind, w, x, xs, out):
+    """out[r] = W[r] . x for every row r: w [rows, bytes_per_row] raw, x [cols], out [rows]; xs [cols // 16]
+    the sums of x over each 16 weights, for the types with a min or offset per block (see sums_16)."""
     for r in prange(w.shape[0]):
         out[r] = dot_row(kind, w[r], x, xs)
+
+
+@njit(cache=True)
+def sums_16(x):
+    """x [cols] -> [cols // 16], the sums of x over each 16 weights: the same for every row, so computed once."""
+    xs = np.empty(x.size // 16, np.float32)
+    for k in range(xs.size):
+        xs[k] = x[16 * k:16 * k + 16].sum()
+    return xs
 
 
 TILE = 4  # rows dequantized together in the batched kernel, which is written out for exactly 4: each x value
@@ -954,6 +965,431 @@ def matmul_kernel(kind, w, x, out):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# The int8 path: ggml's arithmetic, for speed
+#
+# Everything above multiplies the weights by float32 activations: the reference, which matches transformers to
+# 1e-5. llama.cpp goes faster by also quantizing the activation vector x, once per product, into blocks of int8
+# ("Q8" blocks with a float scale), so that the inner loop multiplies small integers: AVX2's vpmaddubsw multiplies
+# 32 pairs of bytes and adds neighbours in one instruction, where the float path needs a convert and a
+# multiply-add per weight. The format x is rounded to depends on the weight type (ggml's "vec_dot_type"):
+#
+#   weights               x becomes                                        per block of x
+#   Q4_0, Q5_0, Q8_0      Q8_0: 32 int8, d = max|x| / 127 stored as fp16   q = rint(x * 127 / max|x|)
+#   Q4_1, Q5_1            Q8_1: Q8_0 plus s = fp16(d * sum(q))              (s serves the weights' offset m)
+#   Q2_K ... Q6_K         Q8_K: 256 int8, d = max / -127 in float32, and    q = rint(x / d), at most 127
+#                         the 16 sums of 16 q ("bsums", for the mins)
+#   F16, BF16             x rounded to F16 or BF16
+#   F32                   x as it is
+#
+# Rounding x changes the logits by 0.1 to 1 on real models, so this path is tested against llama.cpp, the
+# implementation whose numbers it reproduces, and the float path stays the reference (see llama3.load's
+# `kernels`). The pieces:
+#   quantize_x_q8_0 / _q8_1 / _q8_k   the NumPy references of ggml's activation quantizers
+#   round_x(x, qtype)                 x as the int8 path sees it: quantized and dequantized again (float32)
+#   quantize_x_kernel                 the Numba twin of the quantizers, used by matmul
+#   isum_q4_k, isum_q6_k, rowdot_q8_0, rowdot_q4_0, rowdot_q4_1
+#                                     the AVX2 kernels, written as LLVM IR (see "Writing SIMD by hand" below);
+#                                     each is tested equal to the float kernels run on round_x(x)
+# Other weight types on this path, or a CPU without AVX2, run the float kernels on round_x(x): the same
+# numbers, at the float path's speed.
+
+Q8_0_X, Q8_1_X, Q8_K_X = 0, 1, 2   # how x is quantized, as ints for the kernels
+X_TYPE = {QT.Q4_0: Q8_0_X, QT.Q5_0: Q8_0_X, QT.Q8_0: Q8_0_X, QT.Q4_1: Q8_1_X, QT.Q5_1: Q8_1_X,
+          QT.Q2_K: Q8_K_X, QT.Q3_K: Q8_K_X, QT.Q4_K: Q8_K_X, QT.Q5_K: Q8_K_X, QT.Q6_K: Q8_K_X}
+
+
+def fp16_nearest(v):
+    """float32 -> the nearest float16 (ties to even, as the F16C instruction rounds), as float32 again."""
+    with np.errstate(over="ignore"):  # beyond 65504 is inf, as in the hardware conversion
+        return np.asarray(v, np.float32).astype(np.float16).astype(np.float32)
+
+
+def quantize_x_q8_0(x):
+    """x [n, 32] float32 -> q int8 [n, 32], d float32 [n] (an fp16 value): ggml's quantize_row_q8_0 for AVX2,
+    which multiplies by 127 / max|x| and rounds halves to even (its scalar twin divides and rounds away)."""
+    amax = np.abs(x).max(axis=1)                                        # [n]
+    inv = np.divide(np.float32(127), amax, out=np.zeros_like(amax), where=amax != 0)
+    q = np.rint(x * inv[:, None]).astype(np.int8)                       # [n, 32] in -127..127
+    return q, fp16_nearest(amax / np.float32(127))
+
+
+def quantize_x_q8_1(x):
+    """x [n, 32] -> q [n, 32], d [n], s [n]: Q8_0's rounding, plus s = fp16(d * sum(q)) with d before its
+    rounding to fp16 (so is ggml's)."""
+    amax = np.abs(x).max(axis=1)                                        # [n]
+    inv = np.divide(np.float32(127), amax, out=np.zeros_like(amax), where=amax != 0)
+    q = np.rint(x * inv[:, None]).astype(np.int8)                       # [n, 32]
+    d = amax / np.float32(127)                                          # [n], float32
+    return q, fp16_nearest(d), fp16_nearest(d * q.sum(axis=1, dtype=np.int32).astype(np.float32))
+
+
+def quantize_x_q8_k(x):
+    """x [n, 256] -> q int8 [n, 256], d float32 [n], bsums int16 [n, 16]: ggml's quantize_row_q8_K. The value of
+    largest magnitude (the first, on a tie) maps to -127 exactly; d keeps full float32 precision."""
+    n = x.shape[0]
+    big = np.abs(x).argmax(axis=1)                                      # [n]
+    mx = x[np.arange(n), big]                                           # [n], signed
+    iscale = np.divide(np.float32(-127), mx, out=np.zeros_like(mx), where=mx != 0)
+    q = np.minimum(np.rint(x * iscale[:, None]), 127).astype(np.int8)   # [n, 256]
+    d = np.divide(np.float32(1), iscale, out=np.zeros_like(iscale), where=iscale != 0)
+    return q, d, q.reshape(n, 16, 16).sum(axis=2, dtype=np.int16)
+
+
+def round_x(x, qtype):
+    """x [..., cols] as the int8 path multiplies it with weights of type qtype: quantized like ggml, then
+    dequantized, in float32. The float kernels run on this give the int8 path's numbers (up to float rounding)."""
+    qtype = QT(qtype)
+    x = np.ascontiguousarray(x, np.float32)
+    if qtype == QT.F16:
+        return fp16_nearest(x)
+    if qtype == QT.BF16:
+        return dequantize_bf16(quantize_bf16(x.reshape(-1, 1))).reshape(x.shape)
+    if qtype not in X_TYPE:
+        return x
+    size = QK_K if X_TYPE[qtype] == Q8_K_X else QK
+    blocks = x.reshape(-1, size)                                        # [n_blocks, size]
+    q, d = (quantize_x_q8_k if size == QK_K else quantize_x_q8_0)(blocks)[:2]
+    return (q.astype(np.float32) * d[:, None]).reshape(x.shape)
+
+
+@njit(cache=True)
+def fp16_nearest_nb(v):
+    """The Numba twin of fp16_nearest, for one float32 (Numba has no float16): round the mantissa to 10 bits,
+    ties to even, by adding just under half of the dropped part plus the lowest kept bit. Below 2^-14 float16 is
+    subnormal, a fixed step of 2^-24, which rint handles exactly; past 65504 it overflows to inf."""
+    a = abs(v)
+    if a < np.float32(2.0 ** -14):
+        r = np.float32(np.rint(a * np.float32(2.0 ** 24)) * np.float32(2.0 ** -24))
+    elif a >= np.float32(65520.0):
+        r = np.float32(np.inf)
+    else:
+        bits = np.uint32(np.float32(a).view(np.uint32))
+        bits = (bits + np.uint32(0xFFF) + ((bits >> 13) & np.uint32(1))) & np.uint32(0xFFFFE000)
+        r = np.uint32(bits).view(np.float32)
+    return -r if v < 0 else r
+
+
+@njit(cache=True)
+def quantize_x_kernel(xtype, x, q, d, s, bs):
+    """Quantize x [n, cols] like the NumPy references above, into q int8 [n, cols], d float32 [n, blocks],
+    s float32 [n, blocks] (Q8_1 only) and bs int16 [n, cols // 16] (Q8_K only). Not fastmath: the roundings
+    must be exactly ggml's."""
+    n, cols = x.shape
+    size = QK_K if xtype == Q8_K_X else QK
+    for t in range(n):
+        for b in range(cols // size):
+            xb = x[t, size * b:size * b + size]
+            qb = q[t, size * b:size * b + size]
+            amax = np.float32(0.0)
+            big = np.float32(0.0)  # the value of largest magnitude, with its sign
+            for l in range(size):
+                if abs(xb[l]) > amax:
+                    amax = abs(xb[l])
+                    big = xb[l]
+            if xtype == Q8_K_X:
+                iscale = np.float32(-127.0) / big if amax != 0 else np.float32(0.0)
+                for l in range(size):
+                    qb[l] = min(127, np.int32(np.rint(xb[l] * iscale)))
+                d[t, b] = np.float32(1.0) / iscale if amax != 0 else np.float32(0.0)
+                for k in range(16):
+                    bs[t, 16 * b + k] = qb[16 * k:16 * k + 16].astype(np.int32).sum()
+            else:
+                inv = np.float32(127.0) / amax if amax != 0 else np.float32(0.0)
+                total = 0
+                for l in range(size):
+                    qb[l] = np.int32(np.rint(xb[l] * inv))
+                    total += qb[l]
+                scale = amax / np.float32(127.0)
+                d[t, b] = fp16_nearest_nb(scale)
+                if xtype == Q8_1_X:
+                    s[t, b] = fp16_nearest_nb(scale * np.float32(total))
+
+
+# Writing SIMD by hand
+#
+# LLVM does not turn a plain loop over bytes into vpmaddubsw: it widens every byte to int32 first and runs at a
+# quarter of the speed. Numba lets a function emit LLVM IR directly (numba.extending.intrinsic), so the kernels
+# below state the vector instructions themselves: the IR vector types (<32 x i8> is one 256-bit AVX2 register of
+# 32 bytes) and calls to LLVM's x86 intrinsics, each of which becomes one instruction. The helpers name the
+# instruction groups; each kernel is a few lines of them, with its float twin (dot_<type>) as the readable
+# statement of what it computes.
+
+I8, I16, I32, I64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+FLOAT, HALF = ir.FloatType(), ir.HalfType()
+HAVE_AVX2 = "+avx2" in llvm.get_host_cpu_features().flatten().split(",")
+
+
+def vec(t, n):
+    return ir.VectorType(t, n)
+
+
+def splat(t, n, value):
+    """A constant vector: n lanes of type t, all equal to value."""
+    return ir.Constant(vec(t, n), [value] * n)
+
+
+def byte_ptr(context, builder, arrty, arr, offset):
+    """i8* to byte `offset` of a Numba array's data (offset an LLVM i64 value or a Python int)."""
+    data = builder.bitcast(context.make_array(arrty)(context, builder, arr).data, I8.as_pointer())
+    return builder.gep(data, [offset if isinstance(offset, ir.Value) else ir.Constant(I64, offset)])
+
+
+def at(builder, ptr, offset):
+    return builder.gep(ptr, [offset if isinstance(offset, ir.Value) else ir.Constant(I64, offset)])
+
+
+def load(builder, ptr, t):
+    """Load a value of type t (e.g. <32 x i8>) from an i8* with no alignment assumed (vmovdqu)."""
+    return builder.load(builder.bitcast(ptr, t.as_pointer()), align=1)
+
+
+def x86(builder, name, ret, *args):
+    """Call an LLVM intrinsic: one machine instruction, e.g. x86(b, "llvm.x86.avx2.pmadd.wd", ...)."""
+    fnty = ir.FunctionType(ret, [a.type for a in args])
+    return builder.call(cgutils.get_or_insert_function(builder.module, fnty, name), args)
+
+
+def maddubs(b, u, s):
+    """vpmaddubsw: 32 unsigned bytes u times 32 signed bytes s, neighbours added -> 16 x i16."""
+    return x86(b, "llvm.x86.avx2.pmadd.ub.sw", vec(I16, 16), u, s)
+
+
+def madd(b, x, y):
+    """vpmaddwd: 16 x i16 times 16 x i16, neighbours added -> 8 x i32."""
+    return x86(b, "llvm.x86.avx2.pmadd.wd", vec(I32, 8), x, y)
+
+
+def dot_u8_s8(b, u, s):
+    """32 unsigned bytes . 32 signed bytes, as 8 partial sums (i32). The 16-bit middle step cannot overflow
+    for weights below 64: 2 * 63 * 127 < 32767."""
+    return madd(b, maddubs(b, u, s), splat(I16, 16, 1))
+
+
+def dot_s8_s8(b, x, y):
+    """32 signed bytes . 32 signed bytes, as 8 partial sums: vpmaddubsw wants its first operand unsigned, so
+    multiply |x| by y with x's sign moved onto it (vpsignb). 2 * 127 * 127 < 32767: no overflow."""
+    ax = x86(b, "llvm.x86.avx2.psign.b", vec(I8, 32), x, x)
+    sy = x86(b, "llvm.x86.avx2.psign.b", vec(I8, 32), y, x)
+    return dot_u8_s8(b, ax, sy)
+
+
+def nibbles_32(b, ptr):
+    """16 bytes at ptr -> 32 unsigned bytes: the low nibbles, then the high nibbles (Q4_0's weight order)."""
+    qs = load(b, ptr, vec(I8, 16))
+    lo, hi = b.and_(qs, splat(I8, 16, 15)), b.lshr(qs, splat(I8, 16, 4))
+    return b.shuffle_vector(lo, hi, ir.Constant(vec(I32, 32), list(range(32))))
+
+
+def hsum_i32(b, v):
+    return x86(b, "llvm.vector.reduce.add.v8i32", I32, v)
+
+
+def hsum_f32(b, v):
+    """The 8 lanes of a float vector added: halves, then quarters, then the last pair."""
+    for n in (4, 2, 1):
+        lo = b.shuffle_vector(v, v, ir.Constant(vec(I32, n), list(range(n))))
+        hi = b.shuffle_vector(v, v, ir.Constant(vec(I32, n), list(range(n, 2 * n))))
+        v = b.fadd(lo, hi)
+    return b.extract_element(v, ir.Constant(I32, 0))
+
+
+def fp16_load(b, ptr):
+    """The fp16 at ptr as a float32 (vcvtph2ps)."""
+    return b.fpext(load(b, ptr, HALF), FLOAT)
+
+
+def broadcast(b, scales, lanes):
+    """16 x i16 from an 8- or 16-lane i16 vector: lane k of the result is scales[lanes[k // (16 // len(lanes))]]."""
+    per = 16 // len(lanes)
+    return b.shuffle_vector(scales, scales, ir.Constant(vec(I32, 16), [lanes[k // per] for k in range(16)]))
+
+
+@intrinsic
+def isum_q4_k(typingctx, w, wo, y, yo, scales):
+    """Q4_K block at w[wo:] . 256 int8 at y[yo:], each sub-block's sum times its 6-bit scale, as an int32:
+    sum_j scales_j * sum_l q[32j + l] * y[32j + l]. `scales` holds the 8 scales as the bytes of a uint64.
+    Twin: dot_q4_k (the sq sum)."""
+    def codegen(context, b, sig, args):
+        pw = byte_ptr(context, b, sig.args[0], args[0], args[1])
+        py = byte_ptr(context, b, sig.args[2], args[2], args[3])
+        sc = b.zext(b.bitcast(args[4], vec(I8, 8)), vec(I16, 8))               # the 8 scales, widened
+        acc = splat(I32, 8, 0)
+        for g in range(4):  # 32 bytes of nibbles: sub-block 2g in the low nibbles, 2g+1 in the high ones
+            qs = load(b, at(b, pw, 16 + 32 * g), vec(I8, 32))
+            lo, hi = b.and_(qs, splat(I8, 32, 15)), b.lshr(qs, splat(I8, 32, 4))
+            p0 = maddubs(b, lo, load(b, at(b, py, 64 * g), vec(I8, 32)))       # 16 pair sums of q * y
+            p1 = maddubs(b, hi, load(b, at(b, py, 64 * g + 32), vec(I8, 32)))
+            acc = b.add(acc, madd(b, p0, broadcast(b, sc, [2 * g])))           # times the scale, in pairs
+            acc = b.add(acc, madd(b, p1, broadcast(b, sc, [2 * g + 1])))
+        return hsum_i32(b, acc)
+    return types.int32(w, wo, y, yo, scales), codegen
+
+
+@intrinsic
+def isum_q6_k(typingctx, w, wo, y, yo, bs, bo):
+    """Q6_K block at w[wo:] . 256 int8 at y[yo:], as an int32 sum over the 16 sub-blocks j of
+    scale_j * sum_l (q - 32) y. bs[bo:bo+16] are y's 16 sums of 16, which take care of the -32.
+    Twin: dot_q6_k (the sb sum)."""
+    def codegen(context, b, sig, args):
+        pw = byte_ptr(context, b, sig.args[0], args[0], args[1])
+        py = byte_ptr(context, b, sig.args[2], args[2], args[3])
+        sc = b.sext(load(b, at(b, pw, 192), vec(I8, 16)), vec(I16, 16))       # the 16 int8 scales
+        acc = splat(I32, 8, 0)
+        for h in range(2):  # two halves of 128 weights: 64 bytes of low 4 bits, 32 bytes of high 2 bits
+            ql = [load(b, at(b, pw, 64 * h), vec(I8, 32)), load(b, at(b, pw, 64 * h + 32), vec(I8, 32))]
+            qh = load(b, at(b, pw, 128 + 32 * h), vec(I8, 32))
+            for k in range(4):  # weights 32k..32k+31 of the half: nibble k // 2 of ql[k % 2], bits 2k of qh
+                low = ql[k % 2]
+                low = b.and_(low, splat(I8, 32, 15)) if k < 2 else b.lshr(low, splat(I8, 32, 4))
+                high = b.shl(b.and_(b.lshr(qh, splat(I8, 32, 2 * k)), splat(I8, 32, 3)), splat(I8, 32, 4))
+                p = maddubs(b, b.or_(low, high), load(b, at(b, py, 128 * h + 32 * k), vec(I8, 32)))
+                j = 8 * h + 2 * k  # lanes 0-7 of p are sub-block j, lanes 8-15 sub-block j + 1
+                acc = b.add(acc, madd(b, p, broadcast(b, sc, [j, j + 1])))
+        bsums = load(b, byte_ptr(context, b, sig.args[4], args[4], b.mul(args[5], ir.Constant(I64, 2))),
+                     vec(I16, 16))
+        offset = madd(b, sc, bsums)                                            # sum_j scale_j * sum(y in j)
+        return hsum_i32(b, b.sub(acc, b.shl(offset, splat(I32, 8, 5))))       # minus 32 times that
+    return types.int32(w, wo, y, yo, bs, bo), codegen
+
+
+def row_loop(context, b, nb, body):
+    """for i in range(nb): acc = body(i, acc), over an 8-lane float accumulator; returns acc."""
+    acc = cgutils.alloca_once_value(b, splat(FLOAT, 8, 0.0))
+    with cgutils.for_range(b, nb) as loop:
+        b.store(body(loop.index, b.load(acc)), acc)
+    return b.load(acc)
+
+
+def fma(b, scale, v, acc):
+    """acc + scale * float(v): one block's integer partial sums scaled into the accumulator (vfmadd)."""
+    lanes = b.insert_element(ir.Constant(vec(FLOAT, 8), None), scale, ir.Constant(I32, 0))
+    lanes = b.shuffle_vector(lanes, lanes, ir.Constant(vec(I32, 8), [0] * 8))
+    return x86(b, "llvm.fma.v8f32", vec(FLOAT, 8), lanes, b.sitofp(v, vec(FLOAT, 8)), acc)
+
+
+def float_at(context, b, arrty, arr, i):
+    return b.load(b.bitcast(byte_ptr(context, b, arrty, arr, b.mul(i, ir.Constant(I64, 4))), FLOAT.as_pointer()))
+
+
+@intrinsic
+def rowdot_q8_0(typingctx, w, y, yd, nb):
+    """A Q8_0 row w of nb blocks . Q8_0 activations (y int8, yd float32 scales). Twin: dot_q8_0."""
+    def codegen(context, b, sig, args):
+        w, y, yd, nb = args
+
+        def block(i, acc):
+            pw = byte_ptr(context, b, sig.args[0], w, b.mul(i, ir.Constant(I64, 34)))
+            py = byte_ptr(context, b, sig.args[1], y, b.mul(i, ir.Constant(I64, 32)))
+            d = b.fmul(fp16_load(b, pw), float_at(context, b, sig.args[2], yd, i))
+            return fma(b, d, dot_s8_s8(b, load(b, at(b, pw, 2), vec(I8, 32)), load(b, py, vec(I8, 32))), acc)
+        return hsum_f32(b, row_loop(context, b, nb, block))
+    return types.float32(w, y, yd, nb), codegen
+
+
+@intrinsic
+def rowdot_q4_0(typingctx, w, y, yd, nb):
+    """A Q4_0 row . Q8_0 activations: the nibbles minus 8 are signed bytes like Q8_0's. Twin: dot_q4_0."""
+    def codegen(context, b, sig, args):
+        w, y, yd, nb = args
+
+        def block(i, acc):
+            pw = byte_ptr(context, b, sig.args[0], w, b.mul(i, ir.Constant(I64, 18)))
+            py = byte_ptr(context, b, sig.args[1], y, b.mul(i, ir.Constant(I64, 32)))
+            d = b.fmul(fp16_load(b, pw), float_at(context, b, sig.args[2], yd, i))
+            q = b.sub(nibbles_32(b, at(b, pw, 2)), splat(I8, 32, 8))
+            return fma(b, d, dot_s8_s8(b, q, load(b, py, vec(I8, 32))), acc)
+        return hsum_f32(b, row_loop(context, b, nb, block))
+    return types.float32(w, y, yd, nb), codegen
+
+
+@intrinsic
+def rowdot_q4_1(typingctx, w, y, yd, ys, nb):
+    """A Q4_1 row . Q8_1 activations: d * dy * sum(q y) per block, plus m * s for the offset. Twin: dot_q4_1."""
+    def codegen(context, b, sig, args):
+        w, y, yd, ys, nb = args
+        offsets = cgutils.alloca_once_value(b, ir.Constant(FLOAT, 0.0))
+
+        def block(i, acc):
+            pw = byte_ptr(context, b, sig.args[0], w, b.mul(i, ir.Constant(I64, 20)))
+            py = byte_ptr(context, b, sig.args[1], y, b.mul(i, ir.Constant(I64, 32)))
+            m_s = b.fmul(fp16_load(b, at(b, pw, 2)), float_at(context, b, sig.args[3], ys, i))
+            b.store(b.fadd(b.load(offsets), m_s), offsets)
+            d = b.fmul(fp16_load(b, pw), float_at(context, b, sig.args[2], yd, i))
+            return fma(b, d, dot_u8_s8(b, nibbles_32(b, at(b, pw, 4)), load(b, py, vec(I8, 32))), acc)
+        acc = row_loop(context, b, nb, block)
+        return b.fadd(hsum_f32(b, acc), b.load(offsets))
+    return types.float32(w, y, yd, ys, nb), codegen
+
+
+@njit(cache=True)
+def scales_mins_q4_k(w, o):
+    """The 8 scales and 8 mins of the Q4_K block at w[o:], each set packed into the bytes of a uint64: the
+    unpacking of scale_min_k4 done for all 8 at once on 32-bit words (bytes 0-3, 4-7 and 8-11 of the field)."""
+    u0, u1, u2 = u32_at(w, o + 4), u32_at(w, o + 8), u32_at(w, o + 12)
+    sc = (u0 & 0x3F3F3F3F) | (((u2 & 0x0F0F0F0F) | (((u0 >> 6) & 0x03030303) << 4)) << 32)
+    m = (u1 & 0x3F3F3F3F) | ((((u2 >> 4) & 0x0F0F0F0F) | (((u1 >> 6) & 0x03030303) << 4)) << 32)
+    return sc, m
+
+
+@njit(cache=True)
+def dot_q4_k_q8_k(w, y, yd, bs):
+    """A Q4_K row . Q8_K activations: per block, d * dy * (scaled sum of q y) - dmin * dy * (mins . sums of y)."""
+    acc = np.float32(0.0)
+    for b in range(yd.size):
+        o = 144 * b
+        sc, m = scales_mins_q4_k(w, o)
+        isum = isum_q4_k(w, o, y, QK_K * b, sc)
+        msum = 0
+        for j in range(8):
+            msum += ((m >> (8 * j)) & 63) * (np.int32(bs[16 * b + 2 * j]) + np.int32(bs[16 * b + 2 * j + 1]))
+        acc += yd[b] * (fp16_at(w, o) * np.float32(isum) - fp16_at(w, o + 2) * np.float32(msum))
+    return acc
+
+
+@njit(cache=True)
+def dot_q6_k_q8_k(w, y, yd, bs):
+    acc = np.float32(0.0)
+    for b in range(yd.size):
+        acc += yd[b] * fp16_at(w, 210 * b + 208) * np.float32(isum_q6_k(w, 210 * b, y, QK_K * b, bs, 16 * b))
+    return acc
+
+
+INT8_KERNELS = frozenset({QT.Q8_0, QT.Q4_0, QT.Q4_1, QT.Q4_K, QT.Q6_K})  # the types with an AVX2 kernel
+
+
+@njit(cache=True)
+def dot_row_int8(kind, w, y, yd, ys, bs):
+    """One row (raw bytes w) . quantized activations of one token."""
+    if kind == Q4_K:
+        return dot_q4_k_q8_k(w, y, yd, bs)
+    elif kind == Q6_K:
+        return dot_q6_k_q8_k(w, y, yd, bs)
+    elif kind == Q8_0:
+        return rowdot_q8_0(w, y, yd, yd.size)
+    elif kind == Q4_0:
+        return rowdot_q4_0(w, y, yd, yd.size)
+    elif kind == Q4_1:
+        return rowdot_q4_1(w, y, yd, ys, yd.size)
+    return np.float32(np.nan)  # unreachable: matmul sends only INT8_KERNELS here
+
+
+ROWS_INT8 = 8  # rows per thread step in matmul_int8_kernel: their bytes stay in L1 while every token passes
+
+
+@njit(parallel=True, cache=True)
+def matmul_int8_kernel(kind, w, y, yd, ys, bs, out):
+    """out[t, r] = W[r] . x[t] for quantized activations y [n, cols] (with yd, ys, bs), out [n, rows]. Each
+    thread takes ROWS_INT8 rows at a time and runs every token through them while they sit in the L1 cache."""
+    rows = w.shape[0]
+    n = y.shape[0]
+    for c in prange((rows + ROWS_INT8 - 1) // ROWS_INT8):
+        for t in range(n):
+            for r in range(ROWS_INT8 * c, min(ROWS_INT8 * c + ROWS_INT8, rows)):
+                out[t, r] = dot_row_int8(kind, w[r], y[t], yd[t], ys[t], bs[t])
+
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Public API
 
 
@@ -979,12 +1415,17 @@ def dequantize(data, qtype):
     return out.reshape(*raw.shape[:-1], raw.shape[-1] // type_size * block_size)
 
 
+KERNELS = ("float", "int8")
+
+
 class QMatrix:
     """A 2-D weight [rows, cols] kept in its GGUF encoding: data as GGUFReader gives it (tensor.data, usually a
     read-only memory map), qtype a GGMLQuantizationType, shape in numpy order (the reverse of GGUF's ne).
     Validates everything the kernels rely on, since Numba kernels do no bounds checks."""
 
-    def __init__(self, data, qtype, shape):
+    def __init__(self, data, qtype, shape, kernels="float"):
+        if kernels not in KERNELS:
+            raise ValueError(f"QMatrix: kernels must be one of {', '.join(KERNELS)}, got {kernels!r}")
         try:
             qtype = QT(qtype)
         except ValueError:
@@ -1012,6 +1453,7 @@ class QMatrix:
             raise ValueError(f"QMatrix: {qtype.name} [{rows}, {cols}] needs {rows} rows of {bytes_per_row} bytes, "
                              f"got data of shape {data.shape} and dtype {data.dtype} ({data.nbytes} bytes)")
         self.data, self.qtype, self.shape, self.rows, self.cols = data, qtype, (rows, cols), rows, cols
+        self.kernels = kernels  # how matmul multiplies it: "float" (the reference) or "int8" (ggml's arithmetic)
         # What the kernels read: the same memory as uint8 [rows, bytes_per_row] (a copy only if data was not
         # contiguous), marked read-only so that every matrix has the same Numba type: one compiled kernel.
         self.raw = np.ascontiguousarray(data).view(np.uint8).reshape(rows, bytes_per_row)
@@ -1040,13 +1482,51 @@ def matmul(x, w, out=None):
     elif np.may_share_memory(x, out):
         raise ValueError("matmul: out must not overlap x (the kernels read x while writing out)")
     kind = int(w.qtype)
-    if x.ndim == 1:
-        matvec_kernel(kind, w.raw, x, out)
-    elif x.shape[0] == 1:  # one token: the fused product is about twice as fast as dequantize-then-dot
-        matvec_kernel(kind, w.raw, x[0], out[0])
-    elif x.shape[0] > 1:
-        matmul_kernel(kind, w.raw, x, out)
+    x2, out2 = x.reshape(-1, w.cols), out.reshape(-1, w.rows)          # [n, cols], [n, rows]
+    if w.kernels == "int8" and HAVE_AVX2 and w.qtype in INT8_KERNELS:
+        matmul_int8_kernel(kind, w.raw, *quantize_x(x2, w.qtype), out2)
+        return out
+    xs = None
+    if w.kernels == "int8":  # ggml's numbers at the float path's speed: the float kernels on x rounded like ggml's
+        x2, xs = round_x(x2, w.qtype), offset_sums(x2, w.qtype)
+        x2.flags.writeable = False
+    if x2.shape[0] == 1:  # one token: the fused product is about twice as fast as dequantize-then-dot
+        matvec_kernel(kind, w.raw, x2[0], sums_16(x2[0]) if xs is None else xs[0], out2[0])
+    elif xs is not None and X_TYPE.get(w.qtype) == Q8_1_X:  # ggml's fp16 s reaches only the one-token kernel
+        for t in range(x2.shape[0]):
+            matvec_kernel(kind, w.raw, x2[t], xs[t], out2[t])
+    elif x2.shape[0] > 1:
+        matmul_kernel(kind, w.raw, x2, out2)
     return out
+
+
+def quantize_x(x, qtype):
+    """x [n, cols] -> (y int8 [n, cols], yd [n, blocks], ys [n, blocks], bs [n, cols // 16]): the activations
+    quantized for weights of type qtype, as the int8 kernels take them (ys only for Q8_1, bs only for Q8_K)."""
+    xtype = X_TYPE[qtype]
+    n, cols = x.shape
+    blocks = cols // (QK_K if xtype == Q8_K_X else QK)
+    y, yd = np.empty((n, cols), np.int8), np.empty((n, blocks), np.float32)
+    ys, bs = np.zeros((n, blocks), np.float32), np.zeros((n, cols // 16), np.int16)
+    quantize_x_kernel(xtype, x, y, yd, ys, bs)
+    return y, yd, ys, bs
+
+
+def offset_sums(x, qtype):
+    """The xs the float kernels use for a min or an offset (see sums_16), made from ggml's quantized x: for
+    Q8_1 the stored s (rounded to fp16), for Q8_K d times the integer sums. [n, cols // 16]"""
+    n, cols = x.shape
+    if qtype not in X_TYPE:
+        return round_x(x, qtype).reshape(n, cols // 16, 16).sum(axis=2)
+    y, yd, ys, bs = quantize_x(x, qtype)
+    if X_TYPE[qtype] == Q8_K_X:
+        return yd.repeat(16, axis=1) * bs                                # [n, blocks * 16]
+    xs = np.zeros((n, cols // 16), np.float32)
+    if X_TYPE[qtype] == Q8_1_X:
+        xs[:, 0::2] = ys                                                # the sum of block b sits at xs[2b]
+    else:
+        xs[:] = (y.astype(np.float32) * yd.repeat(QK, axis=1)).reshape(n, -1, 16).sum(axis=2)
+    return xs
 
 
 def get_rows(w, ids):

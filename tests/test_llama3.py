@@ -42,7 +42,7 @@ def tiny_reference(tiny_models, tmp_path_factory):
 
 @pytest.mark.parametrize("name", list(TINY_VARIANTS))
 def test_tiny_prefill_matches_transformers(name, tiny_models, tiny_reference):
-    model = llama3.load(tiny_models[name][0], max_length=64)
+    model = llama3.load(tiny_models[name][0], max_length=64, kernels="float")
     logits = model.forward(IDS, 0)
     assert logits.dtype == np.float32 and logits.shape == tiny_reference[name].shape
     assert max_diff(logits, tiny_reference[name]) <= TOL
@@ -52,7 +52,7 @@ def test_tiny_prefill_matches_transformers(name, tiny_models, tiny_reference):
 def test_tiny_decode_matches_transformers(name, tiny_models, tiny_reference):
     """One token at a time through the KV cache, and a prefill of 7 followed by single steps."""
     ref = tiny_reference[name]
-    model = llama3.load(tiny_models[name][0], max_length=64)
+    model = llama3.load(tiny_models[name][0], max_length=64, kernels="float")
     one_by_one = np.concatenate([model.forward([t], pos) for pos, t in enumerate(IDS)])
     assert max_diff(one_by_one, ref) <= TOL
     mixed = [model.forward(IDS[:7], 0)] + [model.forward([t], 7 + i) for i, t in enumerate(IDS[7:])]
@@ -82,7 +82,7 @@ N_GREEDY = 24
 
 @pytest.fixture(scope="session")
 def smollm2(smollm2_path):
-    return llama3.load(smollm2_path, max_length=128)
+    return llama3.load(smollm2_path, max_length=128, kernels="float")
 
 
 def our_greedy(model, ids, n):

@@ -229,3 +229,91 @@ def test_llamacpp_files_cover_every_quantized_type(llamacpp_files):
     for path in llamacpp_files.values():
         seen |= {T(t.tensor_type) for t in gguf.GGUFReader(path).tensors}
     assert seen == set(quant.SUPPORTED), set(quant.SUPPORTED) - seen
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The int8 path against llama.cpp's own CPU kernels (tests/ggml_oracle.py calls them through ctypes)
+
+import ggml_oracle  # noqa: E402
+
+QK_K = quant.QK_K
+
+
+def check_int8(raw, qt, shape, rng, n=3):
+    """quant.matmul on the int8 path against ggml's vec_dot, for one token and for a prompt of n tokens, with
+    the AVX2 kernels and with the fallback (the float kernels on activations rounded like ggml's)."""
+    m = quant.QMatrix(raw, qt, shape, kernels="int8")
+    x = (rng.standard_normal((n, shape[1])) * 3).astype(np.float32)     # [n, cols]
+    x[0, :QK_K] = 0                                                     # an all-zero block: a zero scale
+    ref = np.stack([ggml_oracle.matvec(raw, qt, x[t]) for t in range(n)])   # [n, rows]
+    scale = max(np.abs(ref).max(), 1e-30)
+    for avx2 in sorted({quant.HAVE_AVX2, False}):
+        saved, quant.HAVE_AVX2 = quant.HAVE_AVX2, avx2
+        try:
+            one = quant.matmul(x[1], m)                                 # [rows]
+            many = quant.matmul(x, m)                                   # [n, rows]
+        finally:
+            quant.HAVE_AVX2 = saved
+        assert np.abs(one - ref[1]).max() <= 1e-5 * scale, (avx2, np.abs(one - ref[1]).max() / scale)
+        assert np.abs(many - ref).max() <= 1e-5 * scale, (avx2, np.abs(many - ref).max() / scale)
+
+
+@pytest.mark.parametrize("qt", TYPES, ids=IDS)
+def test_int8_path_matches_ggml_on_random_blocks(qt):
+    rng = np.random.default_rng(int(qt) + 100)
+    assert quant.X_TYPE.get(qt, qt) == {T.Q8_0: 0, T.Q8_1: 1, T.Q8_K: 2}.get(ggml_oracle.vec_dot_type(qt), qt)
+    for shape in [(16, 512), (5, 256)]:
+        check_int8(random_raw(qt, *shape, rng), qt, shape, rng)
+
+
+@pytest.mark.parametrize("ftype", ["Q4_K_M", "Q6_K", "Q8_0", "Q4_1"])
+def test_int8_path_matches_ggml_on_llamacpp_tensors(llamacpp_files, ftype):
+    rng = np.random.default_rng(8)
+    for t in gguf.GGUFReader(llamacpp_files[ftype]).tensors:
+        if len(t.shape) == 2:
+            shape = tuple(int(n) for n in reversed(t.shape.tolist()))
+            check_int8(t.data, T(t.tensor_type), shape, rng)
+
+
+@pytest.mark.parametrize("qt", [T.Q8_0, T.Q4_1, T.Q4_K], ids=["Q8_0", "Q8_1", "Q8_K"])
+def test_activation_quantizers_match_ggml_bytes(qt):
+    """Our NumPy references and the Numba twin produce the very bytes ggml's from_float writes."""
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal(4096) * 10.0 ** rng.uniform(-6, 3, 4096)).astype(np.float32)
+    x[:256] = 0                                                         # all-zero blocks
+    x[256:512] = np.round(x[256:512] * 2) / 2                           # ties for the rounding
+    x[512:768] *= np.float32(1e-6)                                      # an fp16-subnormal scale
+    ref = ggml_oracle.quantize_x(x, qt)
+    xtype = quant.X_TYPE[qt]
+    size = QK_K if xtype == quant.Q8_K_X else 32
+    blocks = x.reshape(-1, size)
+    y, yd, ys, bs = quant.quantize_x(x.reshape(1, -1), qt)              # the Numba twin
+    if xtype == quant.Q8_0_X:
+        q, d = quant.quantize_x_q8_0(blocks)
+        ours = [d.astype(np.float16).view(np.uint8).reshape(-1, 2), q.view(np.uint8)]
+        twin = [yd[0].astype(np.float16).view(np.uint8).reshape(-1, 2), y.view(np.uint8).reshape(-1, size)]
+    elif xtype == quant.Q8_1_X:
+        q, d, s = quant.quantize_x_q8_1(blocks)
+        f16 = lambda v: v.astype(np.float16).view(np.uint8).reshape(-1, 2)  # noqa: E731
+        ours = [f16(d), f16(s), q.view(np.uint8)]
+        twin = [f16(yd[0]), f16(ys[0]), y.view(np.uint8).reshape(-1, size)]
+    else:
+        q, d, sums = quant.quantize_x_q8_k(blocks)
+        ours = [d.view(np.uint8).reshape(-1, 4), q.view(np.uint8), sums.view(np.uint8).reshape(-1, 32)]
+        twin = [yd[0].view(np.uint8).reshape(-1, 4), y.view(np.uint8).reshape(-1, size),
+                bs[0].view(np.uint8).reshape(-1, 32)]
+    assert np.array_equal(np.concatenate(ours, axis=1).reshape(-1), ref)
+    assert np.array_equal(np.concatenate(twin, axis=1).reshape(-1), ref)
+
+
+def test_fp16_rounding_twin_matches_numpy():
+    rng = np.random.default_rng(4)
+    v = np.concatenate([rng.standard_normal(20000) * 10.0 ** rng.uniform(-9, 5, 20000),
+                        np.arange(-2048, 2049) * 2.0 ** -25, [0.0, 65504.0, 65519.0, 65520.0, -1e9]]).astype(np.float32)
+    twin = njit(lambda a: np.array([quant.fp16_nearest_nb(e) for e in a], np.float32))(v)
+    assert np.array_equal(twin, quant.fp16_nearest(v))
+
+
+def test_qmatrix_kernels_argument():
+    with pytest.raises(ValueError, match="kernels"):
+        quant.QMatrix(np.zeros((1, 32), np.float32), T.F32, (1, 32), kernels="fast")
