@@ -173,8 +173,9 @@ GGUF_NAMES = {"norm_1": "blk.{}.attn_norm.weight", "wqkv": "blk.{}.attn_qkv.weig
               "embedding": "token_embd.weight", "final_norm": "output_norm.weight", "output": "output.weight"}
 
 
-def load_weights(tensors, names, cfg):
-    """tensors: {name: quant.GGUFTensor-like (qtype, shape, data)}; names: HF_NAMES or GGUF_NAMES."""
+def load_weights(tensors, names, cfg, kernels="int8"):
+    """tensors: {name: quant.GGUFTensor-like (qtype, shape, data)}; names: HF_NAMES or GGUF_NAMES; kernels: how
+    quant.matmul multiplies the matrices (see llama3.load)."""
 
     def tensor(key, shape, layer=None, optional=False):
         name = names[key].format(layer)
@@ -190,7 +191,7 @@ def load_weights(tensors, names, cfg):
         if len(shape) == 1:
             return quant.dequantize(t.data, t.qtype).reshape(shape)
         try:
-            return quant.QMatrix(t.data, t.qtype, shape)
+            return quant.QMatrix(t.data, t.qtype, shape, kernels)
         except ValueError as e:
             raise ModelError(f"tensor {name}: {e}") from None
 
@@ -476,13 +477,16 @@ class Replit:
         return quant.matmul(x, w.output)                                                   # [n, vocab_size]
 
 
-def load(path, max_length=512, fit_context=False):
-    """A Replit/MPT model from a Hugging Face checkpoint directory or an "mpt" GGUF file, ready to run."""
+def load(path, max_length=512, fit_context=False, kernels="int8"):
+    """A Replit/MPT model from a Hugging Face checkpoint directory or an "mpt" GGUF file, ready to run.
+    kernels: "int8" (llama.cpp's arithmetic, fast) or "float" (the reference), as in llama3.load."""
+    if kernels not in quant.KERNELS:
+        raise ValueError(f"kernels must be one of {', '.join(quant.KERNELS)}, got {kernels!r}")
     path = os.fspath(path)
     if os.path.isdir(path):
         hf, tensors = read_hf_checkpoint(path)
         cfg = config_from_hf(hf, max_length, fit_context)
-        weights = load_weights(tensors, HF_NAMES, cfg)
+        weights = load_weights(tensors, HF_NAMES, cfg, kernels)
         tokenizer = load_hf_tokenizer(path)
     elif os.path.isfile(path):
         try:
@@ -490,7 +494,7 @@ def load(path, max_length=512, fit_context=False):
         except (ValueError, OSError) as e:
             raise ModelError(f"{path}: not a readable GGUF file ({e})") from None
         cfg = config_from_gguf(meta, tensors, max_length, fit_context)
-        weights = load_weights(tensors, GGUF_NAMES, cfg)
+        weights = load_weights(tensors, GGUF_NAMES, cfg, kernels)
         tokenizer = llama3.load_tokenizer(meta)
     else:
         raise ModelError(f"{path}: no such file or directory")
@@ -651,6 +655,8 @@ def parse_args(argv=None):
                    help="MAX's option; the weights run in whatever encoding the file holds")
     p.add_argument("--num-warmups", type=int, default=1, help="throwaway prompt passes before timing")
     p.add_argument("--threads", type=int, default=None, help="threads for the matrix kernels (default: all cores)")
+    p.add_argument("--kernels", default="int8", choices=quant.KERNELS,
+                   help="int8: round activations to 8 bits like llama.cpp (fast); float: float32 (the reference)")
     p.add_argument("--convert-to", default="", help="write the checkpoint directory of --model-path as this GGUF file "
                    "(llama.cpp loads it too), then exit")
     p.add_argument("--convert-type", default="q4_k", choices=list(CONVERT_TYPES), help="weight type for --convert-to")
@@ -672,7 +678,8 @@ def run(args):
         print(f"wrote {convert(args.model_path, args.convert_to, args.convert_type)}", file=sys.stderr)
         return
     path = args.model_path or download_default()
-    model = load(path, 512 if args.max_length is None else args.max_length, fit_context=args.max_length is None)
+    model = load(path, 512 if args.max_length is None else args.max_length, fit_context=args.max_length is None,
+                 kernels=args.kernels)
     cfg = model.config
     print(f"model: {cfg.name} ({cfg.n_layers} layers, dim {cfg.dim}, {cfg.n_heads}/{cfg.n_kv_heads} heads, "
           f"vocab {cfg.vocab_size}) from {model.path}", file=sys.stderr)
