@@ -261,9 +261,11 @@ def attention(q, keys, values, pos, kv_mul, bias=None):
     scores = (qg @ k) / np.float32(np.sqrt(head_size))                       # [n_kv_heads, kv_mul, n, T]
     if bias is not None:
         scores = scores + bias
-    # Causal mask: the query at position pos + i sees the keys at positions 0 .. pos + i.
-    future = np.arange(T)[None, :] > pos + np.arange(n)[:, None]             # [n, T]
-    scores = np.where(future, np.float32(-np.inf), scores)
+    # Causal mask: the query at position pos + i sees the keys at positions 0 .. pos + i. (A single new token,
+    # the last position, sees them all.)
+    if n > 1:
+        future = np.arange(T)[None, :] > pos + np.arange(n)[:, None]         # [n, T]
+        scores = np.where(future, np.float32(-np.inf), scores)
     out = softmax(scores) @ v                                                # [n_kv_heads, kv_mul, n, head_size]
     return out.transpose(2, 0, 1, 3).reshape(n, n_heads * head_size)         # [n, n_heads*head_size]
 
@@ -284,9 +286,10 @@ class Llama:
     def max_length(self):  # the generation loop's limit on prompt + generated tokens
         return self.config.max_length
 
-    def forward(self, tokens, pos):
+    def forward(self, tokens, pos, last_only=False):
         """Run len(tokens) tokens at positions pos, pos+1, ... through the model, writing their keys and values into
-        the KV cache, and return the logits that predict the token after each: float32 [n, vocab_size]."""
+        the KV cache, and return the logits that predict the token after each: float32 [n, vocab_size], or only
+        the last token's [1, vocab_size] with last_only (all a prompt needs to be continued)."""
         cfg, w, s = self.config, self.weights, self.state
         tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
         n = len(tokens)
@@ -324,7 +327,9 @@ class Llama:
             hb = silu(quant.matmul(xb, lw.w1)) * quant.matmul(xb, lw.w3)                      # [n, hidden_dim]
             x = x + quant.matmul(hb, lw.w2)                                                   # [n, dim]
 
-        # 6. Final norm and the classifier into vocabulary logits.
+        # 6. Final norm and the classifier into vocabulary logits (a large matrix: skip the rows nobody reads).
+        if last_only:
+            x = x[-1:]                                                                        # [1, dim]
         x = rmsnorm(x, w.final_norm, cfg.norm_eps)                                            # [n, dim]
         return quant.matmul(x, w.output)                                                      # [n, vocab_size]
 
@@ -420,7 +425,7 @@ def generate(model, prompt_tokens, max_new_tokens=-1, temperature=1.0, min_p=0.0
              stop_ids=None):
     """Yield up to max_new_tokens new token ids after the prompt (-1: until the context of model.max_length is
     full). Stops before yielding a stop token: by default any end-of-generation token the tokenizer names.
-    The model needs .forward(tokens, pos) -> logits [n, vocab], .max_length and .tokenizer.stop_ids."""
+    The model needs .forward(tokens, pos, last_only) -> logits [n or 1, vocab], .max_length and .tokenizer.stop_ids."""
     prompt_tokens = list(prompt_tokens)
     if not prompt_tokens:
         raise ValueError("the prompt is empty: there is nothing to continue")
@@ -434,7 +439,7 @@ def generate(model, prompt_tokens, max_new_tokens=-1, temperature=1.0, min_p=0.0
         return
 
     pos = len(prompt_tokens)
-    logits = model.forward(prompt_tokens, 0)[-1]  # the whole prompt in one batch; the last row predicts the next
+    logits = model.forward(prompt_tokens, 0, last_only=True)[0]  # the whole prompt in one batch: its last row
     for i in range(limit):
         token = sample(logits, temperature, min_p, top_k, top_p, rng)
         if token in stop_ids:
@@ -616,7 +621,7 @@ def complete(model, args, t_start, warmups=0):
         raise UsageError(f"the prompt has {len(prompt_tokens)} tokens: it leaves no room in --max-length "
                          f"{model.max_length}")
     for _ in range(warmups):  # the prompt kernels, then the one-token kernels
-        logits = model.forward(prompt_tokens, 0)
+        logits = model.forward(prompt_tokens, 0, last_only=True)
         model.forward([int(np.argmax(logits[-1]))], len(prompt_tokens))
     t_startup = time.perf_counter() - t_start
 

@@ -952,21 +952,34 @@ def matmul_kernel(kind, w, x, out):
         for i in range(nr):
             deq_row(kind, w[r0 + i], buf[i])
         b0, b1, b2, b3 = buf[0], buf[1], buf[2], buf[3]
-        for k in range(n):
-            xk = x[k]
+        for k in range(0, n, 2):  # two tokens per step: each weight loaded is used twice, each x value 4 times
+            xk, xl = x[k], x[min(k + 1, n - 1)]  # at an odd end the last token goes twice, stored once
             a0 = a1 = a2 = a3 = np.float32(0.0)
+            c0 = c1 = c2 = c3 = np.float32(0.0)
             for c in range(cols):
                 a0 += b0[c] * xk[c]
                 a1 += b1[c] * xk[c]
                 a2 += b2[c] * xk[c]
                 a3 += b3[c] * xk[c]
-            out[k, r0] = a0
-            if nr > 1:
-                out[k, r0 + 1] = a1
-            if nr > 2:
-                out[k, r0 + 2] = a2
-            if nr > 3:
-                out[k, r0 + 3] = a3
+                c0 += b0[c] * xl[c]
+                c1 += b1[c] * xl[c]
+                c2 += b2[c] * xl[c]
+                c3 += b3[c] * xl[c]
+            store_tile(out[k], r0, nr, a0, a1, a2, a3)
+            if k + 1 < n:
+                store_tile(out[k + 1], r0, nr, c0, c1, c2, c3)
+
+
+@njit(cache=True)
+def store_tile(out, r0, nr, s0, s1, s2, s3):
+    """out[r0:r0 + nr] = the first nr of s0..s3 (a tile at the end of W has fewer than TILE rows)."""
+    out[r0] = s0
+    if nr > 1:
+        out[r0 + 1] = s1
+    if nr > 2:
+        out[r0 + 2] = s2
+    if nr > 3:
+        out[r0 + 3] = s3
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1398,9 +1411,11 @@ ROWS_INT8 = 8  # rows per thread step in matmul_int8_kernel: their bytes stay in
 
 
 @njit(parallel=True, cache=True)
-def matmul_int8_kernel(kind, w, y, yd, ys, bs, out):
-    """out[t, r] = W[r] . x[t] for quantized activations y [n, cols] (with yd, ys, bs), out [n, rows]. Each
-    thread takes ROWS_INT8 rows at a time and runs every token through them while they sit in the L1 cache."""
+def matmul_int8_kernel(kind, xtype, w, x, y, yd, ys, bs, out):
+    """out[t, r] = W[r] . x[t]: x [n, cols] is first quantized into y, yd, ys, bs (scratch arrays of the shapes
+    quantize_x makes), then each thread takes ROWS_INT8 rows at a time and runs every token through them while
+    they sit in the L1 cache. One call does both, which saves a dispatch per product."""
+    quantize_x_kernel(xtype, x, y, yd, ys, bs)
     rows = w.shape[0]
     n = y.shape[0]
     for c in prange((rows + ROWS_INT8 - 1) // ROWS_INT8):
@@ -1515,7 +1530,7 @@ def matmul(x, w, out=None):
         return out
     # The int8 path. One token: the AVX2 kernels, or else the float kernel on x rounded like ggml's.
     if n == 1 and HAVE_AVX2 and w.qtype in INT8_KERNELS:
-        matmul_int8_kernel(kind, w.raw, *quantize_x(x2, w.qtype), out2)
+        matmul_int8_kernel(kind, X_TYPE[w.qtype], w.raw, x2, *scratch(1, w.cols, X_TYPE[w.qtype]), out2)
     elif n == 1:
         xr = round_x(x2[0], w.qtype)
         matvec_kernel(kind, w.raw, xr, offset_sums(x2, w.qtype)[0], out2[0])
@@ -1532,6 +1547,20 @@ def matmul(x, w, out=None):
             m = w.raw.reshape(w.rows, nb, -1)[:, :, 2:4].copy().view(np.float16)[:, :, 0]  # [rows, blocks]
             out2 += s_diff @ m.astype(np.float32).T
     return out
+
+
+SCRATCH = {}  # (n, cols, xtype) -> the arrays quantize_x would allocate, reused by every one-token product
+
+
+def scratch(n, cols, xtype):
+    """Buffers for n quantized activation vectors of cols values: made once per shape, so that decoding a token
+    allocates nothing for its products. (Not for use from several Python threads at once.)"""
+    key = (n, cols, xtype)
+    if key not in SCRATCH:
+        blocks = cols // (QK_K if xtype == Q8_K_X else QK)
+        SCRATCH[key] = (np.empty((n, cols), np.int8), np.empty((n, blocks), np.float32),
+                        np.zeros((n, blocks), np.float32), np.zeros((n, cols // 16), np.int16))
+    return SCRATCH[key]
 
 
 def quantize_x(x, qtype):

@@ -436,8 +436,9 @@ class Replit:
     def max_length(self):
         return self.config.max_length
 
-    def forward(self, tokens, pos):
-        """Run len(tokens) tokens at positions pos, pos+1, ... and return float32 logits [n, vocab_size]."""
+    def forward(self, tokens, pos, last_only=False):
+        """Run len(tokens) tokens at positions pos, pos+1, ... and return float32 logits [n, vocab_size] (or the
+        last token's only, [1, vocab_size], with last_only: see llama3.Llama.forward)."""
         cfg, w = self.config, self.weights
         tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
         n = len(tokens)
@@ -473,6 +474,8 @@ class Replit:
             x = x + quant.matmul(hb, lw.w_down)                                            # [n, dim]
 
         # 4. Final LayerNorm, and logits through the (tied) embedding matrix.
+        if last_only:
+            x = x[-1:]                                                                     # [1, dim]
         x = layernorm(x, w.final_norm, cfg.norm_eps)                                       # [n, dim]
         return quant.matmul(x, w.output)                                                   # [n, vocab_size]
 

@@ -398,3 +398,9 @@ def test_cli_ctrl_c_prints_stats_and_exits_130(smollm2_path):
     assert p.returncode == 130
     assert (seen + out).decode().startswith("Once upon a time")
     assert "output size:" in err and "peak memory:" in err and "Traceback" not in err
+
+
+def test_forward_last_only_is_the_last_row(tiny_models):
+    a = llama3.load(tiny_models["q4_k_m"][0], max_length=64).forward(IDS, 0)
+    b = llama3.load(tiny_models["q4_k_m"][0], max_length=64).forward(IDS, 0, last_only=True)
+    assert b.shape == (1, a.shape[1]) and np.array_equal(a[-1:], b)
