@@ -403,4 +403,4 @@ def test_cli_ctrl_c_prints_stats_and_exits_130(smollm2_path):
 def test_forward_last_only_is_the_last_row(tiny_models):
     a = llama3.load(tiny_models["q4_k_m"][0], max_length=64).forward(IDS, 0)
     b = llama3.load(tiny_models["q4_k_m"][0], max_length=64).forward(IDS, 0, last_only=True)
-    assert b.shape == (1, a.shape[1]) and np.array_equal(a[-1:], b)
+    assert b.shape == (1, a.shape[1]) and max_diff(a[-1:], b) <= 1e-4  # one-token and prompt kernels
