@@ -1230,89 +1230,8 @@ def broadcast(b, scales16, lo, hi):
     return b.shuffle_vector(scales16, scales16, ir.Constant(vec(I32, 16), [lo] * 8 + [8 + hi] * 8))
 
 
-def row_loop(context, b, nb, body):
-    """for i in range(nb): acc = body(i, acc), over an 8-lane float accumulator; returns acc. Even and odd
-    blocks go to two accumulators, added at the end: one chain of multiply-adds (4 cycles each) would leave
-    the short blocks of the 32-weight types waiting on the previous block's sum."""
-    accs = [cgutils.alloca_once_value(b, splat(FLOAT, 8, 0.0)) for _ in range(2)]
-    two = ir.Constant(I64, 2)
-    with cgutils.for_range(b, b.sdiv(nb, two)) as loop:
-        for k in range(2):
-            i = b.add(b.mul(loop.index, two), ir.Constant(I64, k))
-            b.store(body(i, b.load(accs[k])), accs[k])
-    with cgutils.if_unlikely(b, b.icmp_signed("!=", b.srem(nb, two), ir.Constant(I64, 0))):  # an odd last block
-        b.store(body(b.sub(nb, ir.Constant(I64, 1)), b.load(accs[0])), accs[0])
-    return b.fadd(b.load(accs[0]), b.load(accs[1]))
-
-
-def fma(b, scale, v, acc):
-    """acc + scale * float(v): one block's integer partial sums scaled into the accumulator (vfmadd)."""
-    lanes = b.insert_element(ir.Constant(vec(FLOAT, 8), None), scale, ir.Constant(I32, 0))
-    lanes = b.shuffle_vector(lanes, lanes, ir.Constant(vec(I32, 8), [0] * 8))
-    return x86(b, "llvm.fma.v8f32", vec(FLOAT, 8), lanes, b.sitofp(v, vec(FLOAT, 8)), acc)
-
-
 def float_at(context, b, arrty, arr, i):
     return b.load(b.bitcast(byte_ptr(context, b, arrty, arr, b.mul(i, ir.Constant(I64, 4))), FLOAT.as_pointer()))
-
-
-@intrinsic
-def rowdot_q8_0(typingctx, w, y, yd, nb):
-    """A Q8_0 row w of nb blocks . Q8_0 activations (y int8, yd float32 scales). Twin: dot_q8_0."""
-    def codegen(context, b, sig, args):
-        w, y, yd, nb = args
-
-        def block(i, acc):
-            pw = byte_ptr(context, b, sig.args[0], w, b.mul(i, ir.Constant(I64, 34)))
-            py = byte_ptr(context, b, sig.args[1], y, b.mul(i, ir.Constant(I64, 32)))
-            d = b.fmul(fp16_pair(b, pw)[0], float_at(context, b, sig.args[2], yd, i))  # (d and a byte of qs)
-            return fma(b, d, dot_s8_s8(b, load(b, at(b, pw, 2), vec(I8, 32)), load(b, py, vec(I8, 32))), acc)
-        return hsum_f32(b, row_loop(context, b, nb, block))
-    return types.float32(w, y, yd, nb), codegen
-
-
-@intrinsic
-def rowdot_q4_0(typingctx, w, y, yd, nb):
-    """A Q4_0 row . Q8_0 activations: the nibbles minus 8 are signed bytes like Q8_0's. Twin: dot_q4_0."""
-    def codegen(context, b, sig, args):
-        w, y, yd, nb = args
-
-        def block(i, acc):
-            pw = byte_ptr(context, b, sig.args[0], w, b.mul(i, ir.Constant(I64, 18)))
-            py = byte_ptr(context, b, sig.args[1], y, b.mul(i, ir.Constant(I64, 32)))
-            d = b.fmul(fp16_pair(b, pw)[0], float_at(context, b, sig.args[2], yd, i))  # (d and a byte of qs)
-            q = b.sub(nibbles_32(b, at(b, pw, 2)), splat(I8, 32, 8))
-            return fma(b, d, dot_s8_s8(b, q, load(b, py, vec(I8, 32))), acc)
-        return hsum_f32(b, row_loop(context, b, nb, block))
-    return types.float32(w, y, yd, nb), codegen
-
-
-@intrinsic
-def rowdot_q4_1(typingctx, w, y, yd, ys, nb):
-    """A Q4_1 row . Q8_1 activations: d * dy * sum(q y) per block, plus m * s for the offset. Twin: dot_q4_1."""
-    def codegen(context, b, sig, args):
-        w, y, yd, ys, nb = args
-        offsets = cgutils.alloca_once_value(b, ir.Constant(FLOAT, 0.0))
-
-        def block(i, acc):
-            pw = byte_ptr(context, b, sig.args[0], w, b.mul(i, ir.Constant(I64, 20)))
-            py = byte_ptr(context, b, sig.args[1], y, b.mul(i, ir.Constant(I64, 32)))
-            d, m = fp16_pair(b, pw)
-            m_s = b.fmul(m, float_at(context, b, sig.args[3], ys, i))
-            b.store(b.fadd(b.load(offsets), m_s), offsets)
-            d = b.fmul(d, float_at(context, b, sig.args[2], yd, i))
-            return fma(b, d, dot_u8_s8(b, nibbles_32(b, at(b, pw, 4)), load(b, py, vec(I8, 32))), acc)
-        acc = row_loop(context, b, nb, block)
-        return b.fadd(hsum_f32(b, acc), b.load(offsets))
-    return types.float32(w, y, yd, ys, nb), codegen
-
-
-def k_quant_block(context, b, sig, args, i, size):
-    """Pointers to the i-th weight block (of `size` bytes) and to its 256 activations, and dy, their scale."""
-    pw = byte_ptr(context, b, sig.args[0], args[0], b.mul(i, ir.Constant(I64, size)))
-    py = byte_ptr(context, b, sig.args[1], args[1], b.mul(i, ir.Constant(I64, QK_K)))
-    pbs = byte_ptr(context, b, sig.args[3], args[3], b.mul(i, ir.Constant(I64, 32)))  # 16 int16 sums of y
-    return pw, py, pbs, float_at(context, b, sig.args[2], args[2], i)
 
 
 def six_bit_fields(b, pw):
@@ -1332,96 +1251,196 @@ def six_bit_fields(b, pw):
     return widen(sc), widen(m)
 
 
-@intrinsic
-def rowdot_q4_k(typingctx, w, y, yd, bs, nb):
-    """A Q4_K row w of nb blocks . Q8_K activations (y int8, yd scales, bs sums of 16). Twin: dot_q4_k.
-    Per block: d * dy * sum_j sc_j (q_j . y_j)  -  dmin * dy * sum_j m_j sum(y_j), kept in two float vectors."""
-    def codegen(context, b, sig, args):
-        mins_acc = cgutils.alloca_once_value(b, splat(FLOAT, 8, 0.0))
-
-        def block(i, acc):
-            pw, py, pbs, dy = k_quant_block(context, b, sig, args, i, 144)
-            sc, m = six_bit_fields(b, pw)
-            sc16 = twice(b, sc)
-            isum = splat(I32, 8, 0)
-            for g in range(4):  # 32 bytes of nibbles: sub-block 2g in the low nibbles, 2g+1 in the high ones
-                qs = load(b, at(b, pw, 16 + 32 * g), vec(I8, 32))
-                lo, hi = b.and_(qs, splat(I8, 32, 15)), b.lshr(qs, splat(I8, 32, 4))
-                p0 = maddubs(b, lo, load(b, at(b, py, 64 * g), vec(I8, 32)))   # 16 pair sums of q * y
-                p1 = maddubs(b, hi, load(b, at(b, py, 64 * g + 32), vec(I8, 32)))
-                isum = b.add(isum, madd(b, p0, broadcast(b, sc16, 2 * g, 2 * g)))  # times the scale, in pairs
-                isum = b.add(isum, madd(b, p1, broadcast(b, sc16, 2 * g + 1, 2 * g + 1)))
-            sums32 = madd(b, load(b, pbs, vec(I16, 16)), splat(I16, 16, 1))     # sum of y per sub-block
-            msum = b.mul(b.zext(m, vec(I32, 8)), sums32)                        # m_j * sum(y_j)
-            d, dmin = fp16_pair(b, pw)
-            b.store(fma(b, b.fmul(dmin, dy), msum, b.load(mins_acc)), mins_acc)
-            return fma(b, b.fmul(d, dy), isum, acc)
-        acc = row_loop(context, b, args[4], block)
-        return b.fsub(hsum_f32(b, acc), hsum_f32(b, b.load(mins_acc)))
-    return types.float32(w, y, yd, bs, nb), codegen
+def fma(b, scale, v, acc):
+    """acc + scale * float(v): one block's integer partial sums scaled into the accumulator (vfmadd)."""
+    lanes = b.insert_element(ir.Constant(vec(FLOAT, 8), None), scale, ir.Constant(I32, 0))
+    lanes = b.shuffle_vector(lanes, lanes, ir.Constant(vec(I32, 8), [0] * 8))
+    return x86(b, "llvm.fma.v8f32", vec(FLOAT, 8), lanes, b.sitofp(v, vec(FLOAT, 8)), acc)
 
 
-@intrinsic
-def rowdot_q6_k(typingctx, w, y, yd, bs, nb):
-    """A Q6_K row . Q8_K activations: per block d * dy * sum_j scale_j ((q_j - 32) . y_j). Twin: dot_q6_k."""
-    def codegen(context, b, sig, args):
-        def block(i, acc):
-            pw, py, pbs, dy = k_quant_block(context, b, sig, args, i, 210)
-            sc = b.sext(load(b, at(b, pw, 192), vec(I8, 16)), vec(I16, 16))    # the 16 int8 scales
-            isum = splat(I32, 8, 0)
-            for h in range(2):  # two halves of 128 weights: 64 bytes of low 4 bits, 32 bytes of high 2 bits
-                sc16 = twice(b, b.shuffle_vector(sc, sc, ir.Constant(vec(I32, 8), list(range(8 * h, 8 * h + 8)))))
-                ql = [load(b, at(b, pw, 64 * h), vec(I8, 32)), load(b, at(b, pw, 64 * h + 32), vec(I8, 32))]
-                qh = load(b, at(b, pw, 128 + 32 * h), vec(I8, 32))
-                for k in range(4):  # weights 32k..32k+31 of the half: nibble k // 2 of ql[k % 2], bits 2k of qh
-                    low = ql[k % 2]
-                    low = b.and_(low, splat(I8, 32, 15)) if k < 2 else b.lshr(low, splat(I8, 32, 4))
-                    high = b.shl(b.and_(b.lshr(qh, splat(I8, 32, 2 * k)), splat(I8, 32, 3)), splat(I8, 32, 4))
-                    p = maddubs(b, b.or_(low, high), load(b, at(b, py, 128 * h + 32 * k), vec(I8, 32)))
-                    # lanes 0-7 of p are sub-block 8h + 2k, lanes 8-15 sub-block 8h + 2k + 1
-                    isum = b.add(isum, madd(b, p, broadcast(b, sc16, 2 * k, 2 * k + 1)))
-            offset = madd(b, sc, load(b, pbs, vec(I16, 16)))                    # sum_j scale_j * sum(y_j)
-            isum = b.sub(isum, b.shl(offset, splat(I32, 8, 5)))                 # minus 32 times that
-            d = fp16_pair(b, at(b, pw, 206))[1]  # (the last scales byte pair, then d: never past the block)
-            return fma(b, b.fmul(d, dy), isum, acc)
-        return hsum_f32(b, row_loop(context, b, args[4], block))
-    return types.float32(w, y, yd, bs, nb), codegen
+def lane0(b, v):
+    """A float vector holding v in lane 0 and zeros elsewhere: a scalar sum kept beside the vector ones."""
+    return b.insert_element(splat(FLOAT, 8, 0.0), v, ir.Constant(I32, 0))
 
 
-INT8_KERNELS = frozenset({QT.Q8_0, QT.Q4_0, QT.Q4_1, QT.Q4_K, QT.Q6_K})  # the types with an AVX2 kernel
+# The five block readers. Each takes the builder, pw (i8* to the weight block), py (i8* to its activations),
+# pbs (i8* to their 16-bit sums of 16, Q8_K only), dy and s (the activation block's scale, and for Q8_1 its s),
+# and the accumulators (8 x float each); it returns the new accumulators. Each mirrors its float twin dot_<type>.
+
+def block_q8_0(b, pw, py, pbs, dy, s, acc):
+    d = b.fmul(fp16_pair(b, pw)[0], dy)  # (the pair is d and a byte of qs)
+    return [fma(b, d, dot_s8_s8(b, load(b, at(b, pw, 2), vec(I8, 32)), load(b, py, vec(I8, 32))), acc[0])]
+
+
+def block_q4_0(b, pw, py, pbs, dy, s, acc):
+    d = b.fmul(fp16_pair(b, pw)[0], dy)
+    q = b.sub(nibbles_32(b, at(b, pw, 2)), splat(I8, 32, 8))          # the weights minus 8: signed bytes
+    return [fma(b, d, dot_s8_s8(b, q, load(b, py, vec(I8, 32))), acc[0])]
+
+
+def block_q4_1(b, pw, py, pbs, dy, s, acc):
+    d, m = fp16_pair(b, pw)
+    q = nibbles_32(b, at(b, pw, 4))                                     # unsigned 0..15
+    return [fma(b, b.fmul(d, dy), dot_u8_s8(b, q, load(b, py, vec(I8, 32))), acc[0]),
+            b.fadd(acc[1], lane0(b, b.fmul(m, s)))]                     # the offset: m * s
+
+
+def block_q4_k(b, pw, py, pbs, dy, s, acc):
+    sc, m = six_bit_fields(b, pw)
+    sc16 = twice(b, sc)
+    isum = splat(I32, 8, 0)
+    for g in range(4):  # 32 bytes of nibbles: sub-block 2g in the low nibbles, 2g+1 in the high ones
+        qs = load(b, at(b, pw, 16 + 32 * g), vec(I8, 32))
+        lo, hi = b.and_(qs, splat(I8, 32, 15)), b.lshr(qs, splat(I8, 32, 4))
+        p0 = maddubs(b, lo, load(b, at(b, py, 64 * g), vec(I8, 32)))  # 16 pair sums of q * y
+        p1 = maddubs(b, hi, load(b, at(b, py, 64 * g + 32), vec(I8, 32)))
+        isum = b.add(isum, madd(b, p0, broadcast(b, sc16, 2 * g, 2 * g)))  # times the scale, in pairs
+        isum = b.add(isum, madd(b, p1, broadcast(b, sc16, 2 * g + 1, 2 * g + 1)))
+    sums32 = madd(b, load(b, pbs, vec(I16, 16)), splat(I16, 16, 1))    # the sum of y in each sub-block
+    msum = b.mul(b.zext(m, vec(I32, 8)), sums32)                        # m_j * sum(y_j)
+    d, dmin = fp16_pair(b, pw)
+    return [fma(b, b.fmul(d, dy), isum, acc[0]), fma(b, b.fmul(dmin, dy), msum, acc[1])]
+
+
+def block_q6_k(b, pw, py, pbs, dy, s, acc):
+    sc = b.sext(load(b, at(b, pw, 192), vec(I8, 16)), vec(I16, 16))    # the 16 int8 scales
+    isum = splat(I32, 8, 0)
+    for h in range(2):  # two halves of 128 weights: 64 bytes of low 4 bits, 32 bytes of high 2 bits
+        sc16 = twice(b, b.shuffle_vector(sc, sc, ir.Constant(vec(I32, 8), list(range(8 * h, 8 * h + 8)))))
+        ql = [load(b, at(b, pw, 64 * h), vec(I8, 32)), load(b, at(b, pw, 64 * h + 32), vec(I8, 32))]
+        qh = load(b, at(b, pw, 128 + 32 * h), vec(I8, 32))
+        for k in range(4):  # weights 32k..32k+31 of the half: nibble k // 2 of ql[k % 2], bits 2k of qh
+            low = ql[k % 2]
+            low = b.and_(low, splat(I8, 32, 15)) if k < 2 else b.lshr(low, splat(I8, 32, 4))
+            high = b.shl(b.and_(b.lshr(qh, splat(I8, 32, 2 * k)), splat(I8, 32, 3)), splat(I8, 32, 4))
+            p = maddubs(b, b.or_(low, high), load(b, at(b, py, 128 * h + 32 * k), vec(I8, 32)))
+            # lanes 0-7 of p are sub-block 8h + 2k, lanes 8-15 sub-block 8h + 2k + 1
+            isum = b.add(isum, madd(b, p, broadcast(b, sc16, 2 * k, 2 * k + 1)))
+    offset = madd(b, sc, load(b, pbs, vec(I16, 16)))                    # sum_j scale_j * sum(y_j)
+    isum = b.sub(isum, b.shl(offset, splat(I32, 8, 5)))                 # minus 32 times that
+    d = fp16_pair(b, at(b, pw, 206))[1]  # (the last scales byte pair, then d: never past the block)
+    return [fma(b, b.fmul(d, dy), isum, acc[0])]
+
+
+# type: (block reader, bytes per block, activations per block, signs of the accumulators in the result)
+INT8_BLOCKS = {Q8_0: (block_q8_0, 34, QK, [1]), Q4_0: (block_q4_0, 18, QK, [1]), Q4_1: (block_q4_1, 20, QK, [1, 1]),
+               Q4_K: (block_q4_k, 144, QK_K, [1, -1]), Q6_K: (block_q6_k, 210, QK_K, [1])}
+INT8_KERNELS = frozenset(QT(k) for k in INT8_BLOCKS)  # the types with an AVX2 kernel
+
+
+def emit_rowdots(context, b, kind, rows, acts, nb):
+    """The IR of the dot products of weight rows (a list of (type, value) Numba arrays of raw bytes) with one
+    token's quantized activations acts = (y, yd, ys, bs), over nb blocks: a list of float32 values.
+    The loop walks the rows side by side, block by block, each with its own accumulators: independent chains of
+    multiply-adds (4 cycles of latency each) and two streams of memory. A single row is split into its even
+    and odd blocks, two chains again, added at the end."""
+    block, size, per, signs = INT8_BLOCKS[kind]
+    (yt, y), (ydt, yd), (yst, ys), (bst, bs) = acts
+    streams = rows if len(rows) == 2 else rows * 2               # (row, first block) pairs, stepping by `step`
+    step = 1 if len(rows) == 2 else 2
+    accs = [[cgutils.alloca_once_value(b, splat(FLOAT, 8, 0.0)) for _ in signs] for _ in streams]
+
+    def run(k, i):  # block i of stream k
+        pw = byte_ptr(context, b, streams[k][0], streams[k][1], b.mul(i, ir.Constant(I64, size)))
+        py = byte_ptr(context, b, yt, y, b.mul(i, ir.Constant(I64, per)))
+        pbs = byte_ptr(context, b, bst, bs, b.mul(i, ir.Constant(I64, 2 * per // 16)))
+        dy, s = float_at(context, b, ydt, yd, i), float_at(context, b, yst, ys, i)
+        new = block(b, pw, py, pbs, dy, s, [b.load(a) for a in accs[k]])
+        for a, v in zip(accs[k], new):
+            b.store(v, a)
+
+    n_steps = b.sdiv(nb, ir.Constant(I64, step))
+    with cgutils.for_range(b, n_steps) as loop:
+        for k in range(len(streams)):
+            first = 0 if len(rows) == 2 else k
+            run(k, b.add(b.mul(loop.index, ir.Constant(I64, step)), ir.Constant(I64, first)))
+    if step == 2:  # a single row of an odd number of blocks: its last block
+        with cgutils.if_unlikely(b, b.icmp_signed("!=", b.srem(nb, ir.Constant(I64, 2)), ir.Constant(I64, 0))):
+            run(0, b.sub(nb, ir.Constant(I64, 1)))
+
+    def total(k):
+        vs = [hsum_f32(b, b.load(a)) for a in accs[k]]
+        out = vs[0]
+        for v, sign in zip(vs[1:], signs[1:]):
+            out = b.fadd(out, v) if sign > 0 else b.fsub(out, v)
+        return out
+    return [total(0), total(1)] if len(rows) == 2 else [b.fadd(total(0), total(1))]
+
+
+def int8_intrinsics(kind):
+    """rowdot(w, y, yd, ys, bs): one row . one token; rowdot2(wa, wb, y, yd, ys, bs): two rows at once."""
+    @intrinsic
+    def rowdot(typingctx, w, y, yd, ys, bs):
+        def codegen(context, b, sig, args):
+            nb = cgutils.unpack_tuple(b, context.make_array(sig.args[2])(context, b, args[2]).shape, 1)[0]
+            acts = list(zip(sig.args[1:], args[1:]))
+            return emit_rowdots(context, b, kind, [(sig.args[0], args[0])], acts, nb)[0]
+        return types.float32(w, y, yd, ys, bs), codegen
+
+    @intrinsic
+    def rowdot2(typingctx, wa, wb, y, yd, ys, bs):
+        def codegen(context, b, sig, args):
+            nb = cgutils.unpack_tuple(b, context.make_array(sig.args[3])(context, b, args[3]).shape, 1)[0]
+            acts = list(zip(sig.args[2:], args[2:]))
+            pair = emit_rowdots(context, b, kind, [(sig.args[0], args[0]), (sig.args[1], args[1])], acts, nb)
+            return context.make_tuple(b, sig.return_type, pair)
+        return types.UniTuple(types.float32, 2)(wa, wb, y, yd, ys, bs), codegen
+    return rowdot, rowdot2
+
+
+rowdot_q8_0, rowdot2_q8_0 = int8_intrinsics(Q8_0)
+rowdot_q4_0, rowdot2_q4_0 = int8_intrinsics(Q4_0)
+rowdot_q4_1, rowdot2_q4_1 = int8_intrinsics(Q4_1)
+rowdot_q4_k, rowdot2_q4_k = int8_intrinsics(Q4_K)
+rowdot_q6_k, rowdot2_q6_k = int8_intrinsics(Q6_K)
 
 
 @njit(cache=True)
 def dot_row_int8(kind, w, y, yd, ys, bs):
-    """One row (raw bytes w) . quantized activations of one token."""
+    """One row (raw bytes w) . the quantized activations of one token."""
     if kind == Q4_K:
-        return rowdot_q4_k(w, y, yd, bs, yd.size)
+        return rowdot_q4_k(w, y, yd, ys, bs)
     elif kind == Q6_K:
-        return rowdot_q6_k(w, y, yd, bs, yd.size)
+        return rowdot_q6_k(w, y, yd, ys, bs)
     elif kind == Q8_0:
-        return rowdot_q8_0(w, y, yd, yd.size)
+        return rowdot_q8_0(w, y, yd, ys, bs)
     elif kind == Q4_0:
-        return rowdot_q4_0(w, y, yd, yd.size)
+        return rowdot_q4_0(w, y, yd, ys, bs)
     elif kind == Q4_1:
-        return rowdot_q4_1(w, y, yd, ys, yd.size)
+        return rowdot_q4_1(w, y, yd, ys, bs)
     return np.float32(np.nan)  # unreachable: matmul sends only INT8_KERNELS here
 
 
-ROWS_INT8 = 8  # rows per thread step in matmul_int8_kernel: their bytes stay in L1 while every token passes
+@njit(cache=True)
+def dot_rows_int8(kind, wa, wb, y, yd, ys, bs):
+    """Two rows . the quantized activations of one token, read side by side."""
+    if kind == Q4_K:
+        return rowdot2_q4_k(wa, wb, y, yd, ys, bs)
+    elif kind == Q6_K:
+        return rowdot2_q6_k(wa, wb, y, yd, ys, bs)
+    elif kind == Q8_0:
+        return rowdot2_q8_0(wa, wb, y, yd, ys, bs)
+    elif kind == Q4_0:
+        return rowdot2_q4_0(wa, wb, y, yd, ys, bs)
+    elif kind == Q4_1:
+        return rowdot2_q4_1(wa, wb, y, yd, ys, bs)
+    return np.float32(np.nan), np.float32(np.nan)
 
 
 @njit(parallel=True, cache=True)
-def matmul_int8_kernel(kind, xtype, w, x, y, yd, ys, bs, out):
-    """out[t, r] = W[r] . x[t]: x [n, cols] is first quantized into y, yd, ys, bs (scratch arrays of the shapes
-    quantize_x makes), then each thread takes ROWS_INT8 rows at a time and runs every token through them while
-    they sit in the L1 cache. One call does both, which saves a dispatch per product."""
-    quantize_x_kernel(xtype, x, y, yd, ys, bs)
+def matvec_int8_kernel(kind, xtype, w, x, y, yd, ys, bs, out):
+    """out[r] = W[r] . x for one token x [cols]: x is first quantized into y, yd, ys, bs (scratch arrays of the
+    shapes quantize_x makes for one token), then each step reads two rows half the matrix apart, side by side.
+    (Two far-apart rows kept the memory system busier than two neighbours, measured.)"""
+    quantize_x_kernel(xtype, x.reshape(1, -1), y.reshape(1, -1), yd.reshape(1, -1), ys.reshape(1, -1),
+                      bs.reshape(1, -1))
     rows = w.shape[0]
-    n = y.shape[0]
-    for c in prange((rows + ROWS_INT8 - 1) // ROWS_INT8):
-        for t in range(n):
-            for r in range(ROWS_INT8 * c, min(ROWS_INT8 * c + ROWS_INT8, rows)):
-                out[t, r] = dot_row_int8(kind, w[r], y[t], yd[t], ys[t], bs[t])
+    half = (rows + 1) // 2
+    for r in prange(half):
+        if r + half < rows:
+            out[r], out[r + half] = dot_rows_int8(kind, w[r], w[r + half], y, yd, ys, bs)
+        else:
+            out[r] = dot_row_int8(kind, w[r], y, yd, ys, bs)
 
 
 
@@ -1530,7 +1549,8 @@ def matmul(x, w, out=None):
         return out
     # The int8 path. One token: the AVX2 kernels, or else the float kernel on x rounded like ggml's.
     if n == 1 and HAVE_AVX2 and w.qtype in INT8_KERNELS:
-        matmul_int8_kernel(kind, X_TYPE[w.qtype], w.raw, x2, *scratch(1, w.cols, X_TYPE[w.qtype]), out2)
+        y, yd, ys, bs = scratch(1, w.cols, X_TYPE[w.qtype])
+        matvec_int8_kernel(kind, X_TYPE[w.qtype], w.raw, x2[0], y[0], yd[0], ys[0], bs[0], out2[0])
     elif n == 1:
         xr = round_x(x2[0], w.qtype)
         matvec_kernel(kind, w.raw, xr, offset_sums(x2, w.qtype)[0], out2[0])

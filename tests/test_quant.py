@@ -244,7 +244,7 @@ def check_int8(raw, qt, shape, rng, n=3):
     the AVX2 kernels and with the fallback (the float kernels on activations rounded like ggml's)."""
     m = quant.QMatrix(raw, qt, shape, kernels="int8")
     x = (rng.standard_normal((n, shape[1])) * 3).astype(np.float32)     # [n, cols]
-    x[0, :QK_K] = 0                                                     # an all-zero block: a zero scale
+    x[0, :min(QK_K, shape[1])] = 0                                      # an all-zero block: a zero scale
     ref = np.stack([ggml_oracle.matvec(raw, qt, x[t]) for t in range(n)])   # [n, rows]
     scale = max(np.abs(ref).max(), 1e-30)
     for avx2 in sorted({quant.HAVE_AVX2, False}):
@@ -262,7 +262,8 @@ def check_int8(raw, qt, shape, rng, n=3):
 def test_int8_path_matches_ggml_on_random_blocks(qt):
     rng = np.random.default_rng(int(qt) + 100)
     assert quant.X_TYPE.get(qt, qt) == {T.Q8_0: 0, T.Q8_1: 1, T.Q8_K: 2}.get(ggml_oracle.vec_dot_type(qt), qt)
-    for shape in [(16, 512), (5, 256)]:
+    shapes = [(16, 512), (5, 256)] + ([(3, 96)] if gguf.GGML_QUANT_SIZES[qt][0] == 32 else [])  # 3 blocks: odd
+    for shape in shapes:
         check_int8(random_raw(qt, *shape, rng), qt, shape, rng)
 
 
