@@ -124,32 +124,6 @@ def mpt_tensors(s):
 # The metadata: hyper-parameters and tokenizer, as llama.cpp's converters write them
 
 
-def add_llama_metadata(w, s, vocab):
-    tokens, types, merges = vocab
-    head_size = s["dim"] // s["n_heads"]
-    w.add_name(s["name"])
-    w.add_context_length(s["context"])
-    w.add_embedding_length(s["dim"])
-    w.add_block_count(s["n_layers"])
-    w.add_feed_forward_length(s["hidden_dim"])
-    w.add_head_count(s["n_heads"])
-    w.add_head_count_kv(s["n_kv_heads"])
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_rope_freq_base(s["rope_theta"])
-    w.add_rope_dimension_count(head_size)
-    w.add_vocab_size(len(tokens))
-    w.add_file_type(1)  # mostly F16
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("llama-bpe")
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(merges)
-    w.add_bos_token_id(tokens.index("<|begin_of_text|>"))
-    w.add_eos_token_id(tokens.index("<|end_of_text|>"))
-    w.add_eot_token_id(tokens.index("<|eot_id|>"))
-    w.add_add_bos_token(True)
-
-
 def add_mpt_metadata(w, s, vocabulary):
     """The keys replit.write_gguf writes (llama.cpp's mpt.* names), and its tokenizer metadata."""
     w.add_name(s["name"])
@@ -212,7 +186,7 @@ def write_source(path, s):
         specs = mpt_tensors(s)
     w = gguf.GGUFWriter(path, s["arch"])
     if s["arch"] == "llama":
-        add_llama_metadata(w, s, vocab)
+        models.add_llama_metadata(w, s["name"], {**s, "eps": 1e-5}, vocab, 1)  # mostly F16
     else:
         add_mpt_metadata(w, s, vocabulary)
     for name, shape, kind in specs:

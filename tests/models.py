@@ -134,6 +134,34 @@ def random_weights(cfg, vocab_size, tied, rope_freqs, seed):
     return w
 
 
+def add_llama_metadata(w, name, cfg, vocab, file_type):
+    """The llama.* hyper-parameters and a gpt2-style BPE tokenizer, as llama.cpp's converter writes them.
+    cfg: context, dim, n_layers, hidden_dim, n_heads, n_kv_heads, eps, rope_theta; vocab: (tokens, types, merges)
+    with Meta's special tokens; file_type: 0 for mostly F32, 1 for mostly F16."""
+    tokens, types, merges = vocab
+    w.add_name(name)
+    w.add_context_length(cfg["context"])
+    w.add_embedding_length(cfg["dim"])
+    w.add_block_count(cfg["n_layers"])
+    w.add_feed_forward_length(cfg["hidden_dim"])
+    w.add_head_count(cfg["n_heads"])
+    w.add_head_count_kv(cfg["n_kv_heads"])
+    w.add_layer_norm_rms_eps(cfg["eps"])
+    w.add_rope_freq_base(cfg["rope_theta"])
+    w.add_rope_dimension_count(cfg["dim"] // cfg["n_heads"])
+    w.add_vocab_size(len(tokens))
+    w.add_file_type(file_type)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("llama-bpe")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    w.add_bos_token_id(tokens.index("<|begin_of_text|>"))
+    w.add_eos_token_id(tokens.index("<|end_of_text|>"))
+    w.add_eot_token_id(tokens.index("<|eot_id|>"))
+    w.add_add_bos_token(True)
+
+
 def write_tiny_llama(path, qtype="F32", tied=False, rope_freqs=True, seed=0, name="tiny-llama", vocab="tiny",
                      make_matrix=None, quantize=None, **overrides):
     """Write a tiny Llama-architecture GGUF. qtype: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0 or Q5_1 (gguf-py
@@ -147,30 +175,8 @@ def write_tiny_llama(path, qtype="F32", tied=False, rope_freqs=True, seed=0, nam
     if make_matrix is not None:
         weights = {k: make_matrix(*a.shape).astype(np.float32) if a.ndim == 2 else a for k, a in weights.items()}
     quantize = quantize or gguf.quants.quantize
-    head_size = cfg["dim"] // cfg["n_heads"]
-
     w = gguf.GGUFWriter(str(path), "llama")
-    w.add_name(name)
-    w.add_context_length(cfg["context"])
-    w.add_embedding_length(cfg["dim"])
-    w.add_block_count(cfg["n_layers"])
-    w.add_feed_forward_length(cfg["hidden_dim"])
-    w.add_head_count(cfg["n_heads"])
-    w.add_head_count_kv(cfg["n_kv_heads"])
-    w.add_layer_norm_rms_eps(cfg["eps"])
-    w.add_rope_freq_base(cfg["rope_theta"])
-    w.add_rope_dimension_count(head_size)
-    w.add_vocab_size(len(tokens))
-    w.add_file_type({"F32": 0, "F16": 1}.get(qtype, 0))
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("llama-bpe")
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(merges)
-    w.add_bos_token_id(tokens.index("<|begin_of_text|>"))
-    w.add_eos_token_id(tokens.index("<|end_of_text|>"))
-    w.add_eot_token_id(tokens.index("<|eot_id|>"))
-    w.add_add_bos_token(True)
+    add_llama_metadata(w, name, cfg, (tokens, types, merges), {"F32": 0, "F16": 1}.get(qtype, 0))
     qt = T[qtype]
     for tname, arr in weights.items():
         if arr.ndim == 2 and qt != T.F32:
