@@ -1198,10 +1198,6 @@ def nibbles_32(b, ptr):
     return b.shuffle_vector(lo, hi, ir.Constant(vec(I32, 32), list(range(32))))
 
 
-def hsum_i32(b, v):
-    return x86(b, "llvm.vector.reduce.add.v8i32", I32, v)
-
-
 def hsum_f32(b, v):
     """The 8 lanes of a float vector added: halves, then quarters, then the last pair."""
     for n in (4, 2, 1):

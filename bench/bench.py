@@ -31,8 +31,8 @@ beside the other's and each one's memory is its own. A throughput worker loads t
 every weight once), then times one round (pp256, pp32, decode) each time the parent asks. The parent asks the
 engines in turn, ours then llama.cpp, --rounds times, and reports medians: llama.cpp's own speed drifts over a day
 on a shared machine, so only figures taken back to back, alternating, can be compared. Absolute numbers depend on
-the machine and its load; the ratios ours / llama.cpp are the figures to read. Our forward returns the logits of
-every prompt token, llama.cpp's only the last one's: that is part of our prompt cost, as it is in generate.
+the machine and its load; the ratios ours / llama.cpp are the figures to read. A prompt runs as generate runs it:
+forward(tokens, 0, last_only=True), the logits of its last token only, which is also all llama.cpp computes.
 """
 import argparse
 import json
@@ -297,34 +297,38 @@ MEASURE_NAMES = {"pp32": "prompt 32", "pp256": "prompt 256", "decode": "decode",
 
 
 def plot(results, path):
-    """Bars of the ratios ours / llama.cpp: speeds on the left (higher is better; lines at parity and at half),
-    costs on the right (lower is better, log scale)."""
+    """Bars of the ratios ours / llama.cpp, grouped by measure, one bar per model (and kernel path): speeds on
+    the left (higher is better; lines at parity and at half), costs on the right (lower is better, log scale)."""
     import matplotlib
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
 
     models = results["models"]
-    engines = list(dict.fromkeys(e for r in models.values() for e in r["ratios"]))  # ours int8, ours float, ...
-    width = 0.8 / len(engines)
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    bars = [(model, engine) for model, r in models.items() for engine in r["ratios"]]  # ("smollm2", "ours int8")
+    several_paths = len({engine for _, engine in bars}) > 1
+    width = 0.8 / len(bars)
+    colors = plt.get_cmap("tab10")
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
     for ax, measures, title in ((axes[0], SPEEDS, "speed, ours / llama.cpp (higher is better)"),
                                 (axes[1], COSTS, "time and memory, ours / llama.cpp (lower is better)")):
-        ticks = [(model, m) for model in models for m in measures  # leave out what was not measured (--quick)
-                 if any(q.get(m) is not None for q in models[model]["ratios"].values())]
-        for i, engine in enumerate(engines):
-            values = [models[model]["ratios"].get(engine, {}).get(m) for model, m in ticks]
-            ax.bar([t + i * width for t in range(len(ticks))], [v or 0 for v in values], width, label=engine)
-        ax.set_xticks([t + width * (len(engines) - 1) / 2 for t in range(len(ticks))])
-        ax.set_xticklabels([f"{model}\n{MEASURE_NAMES[m]}" for model, m in ticks], fontsize=7, rotation=30,
-                           ha="right")
+        measures = [m for m in measures  # leave out what was not measured (--quick)
+                    if any(models[model]["ratios"][engine].get(m) is not None for model, engine in bars)]
+        for i, (model, engine) in enumerate(bars):
+            values = [models[model]["ratios"][engine].get(m) or 0 for m in measures]
+            label = f"{model} ({engine})" if several_paths else model
+            ax.bar([k + i * width for k in range(len(measures))], values, width, label=label, color=colors(i % 10))
+        ax.set_xticks([k + width * (len(bars) - 1) / 2 for k in range(len(measures))])
+        ax.set_xticklabels([MEASURE_NAMES[m] for m in measures])
         ax.axhline(1.0, color="black", linewidth=1)
-        if measures is SPEEDS:
+        if measures and measures[0] in SPEEDS:
             ax.axhline(0.5, color="grey", linewidth=1, linestyle="--")
         else:
             ax.set_yscale("log")  # a cold start can cost 50 times llama.cpp's, a warm one 1.5 times
         ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"{results['machine']['cpu']}, {results['machine']['threads']} threads", fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8, loc="upper left")
+    fig.suptitle(f"{results['machine']['cpu']}, {results['machine']['threads']} threads, same GGUF files",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -390,7 +394,7 @@ def our_engine(args):
     ids = model.tokenizer.encode(TEXT)[:max(PROMPT_SIZES)]
 
     def prompt(tokens):
-        model.forward(tokens, 0)
+        model.forward(tokens, 0, last_only=True)  # as generate runs a prompt: only its last row of logits
 
     def step(token, pos):
         model.forward([token], pos)
