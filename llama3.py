@@ -274,6 +274,18 @@ def attention(q, keys, values, pos, kv_mul, bias=None):
 # The model: config + weights + state, and the forward pass
 
 
+def check_tokens(tokens, pos, cfg):
+    """The tokens of a forward call as an int64 array [n], once they are known to fit the context from position
+    pos and to be rows of the embedding (the kernels do no bounds checks). Shared with replit.py."""
+    tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+    n = len(tokens)
+    if n == 0 or pos < 0 or pos + n > cfg.max_length:
+        raise ValueError(f"positions {pos}..{pos + n - 1} do not fit the context of {cfg.max_length}")
+    if tokens.min() < 0 or tokens.max() >= cfg.vocab_size:
+        raise ValueError(f"token ids must lie in 0..{cfg.vocab_size - 1}")
+    return tokens
+
+
 class Llama:
     def __init__(self, cfg, weights, tokenizer, path):
         self.config = cfg
@@ -291,12 +303,8 @@ class Llama:
         the KV cache, and return the logits that predict the token after each: float32 [n, vocab_size], or only
         the last token's [1, vocab_size] with last_only (all a prompt needs to be continued)."""
         cfg, w, s = self.config, self.weights, self.state
-        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        tokens = check_tokens(tokens, pos, cfg)
         n = len(tokens)
-        if n == 0 or pos < 0 or pos + n > cfg.max_length:
-            raise ValueError(f"positions {pos}..{pos + n - 1} do not fit the context of {cfg.max_length}")
-        if tokens.min() < 0 or tokens.max() >= cfg.vocab_size:
-            raise ValueError(f"token ids must lie in 0..{cfg.vocab_size - 1}")
         T = pos + n                                   # positions the attention sees after this call
         cos, sin = s.rope_cos[pos:T], s.rope_sin[pos:T]  # [n, rope_dim/2]
 

@@ -1547,19 +1547,18 @@ def matmul(x, w, out=None):
     if n == 1 and HAVE_AVX2 and w.qtype in INT8_KERNELS:
         y, yd, ys, bs = scratch(1, w.cols, X_TYPE[w.qtype])
         matvec_int8_kernel(kind, X_TYPE[w.qtype], w.raw, x2[0], y[0], yd[0], ys[0], bs[0], out2[0])
-    elif n == 1:
-        xr = round_x(x2[0], w.qtype)
-        matvec_kernel(kind, w.raw, xr, offset_sums(x2, w.qtype)[0], out2[0])
+        return out
+    xr, xs = int8_view(x2, w.qtype)                                     # [n, cols], [n, cols // 16]
+    if n == 1:
+        matvec_kernel(kind, w.raw, xr[0], xs[0], out2[0])
     else:
         # A prompt: the weights dequantized a few rows at a time, as on the float path, times x rounded like
         # ggml's. The products then equal the integer ones up to float rounding, and this is 2.5x faster than
         # running the one-token kernels per token, which unpack every block again for every token.
-        xr = round_x(x2, w.qtype)
-        xr.flags.writeable = False
         matmul_kernel(kind, w.raw, xr, out2)
         if X_TYPE.get(w.qtype) == Q8_1_X:  # ggml's offset term m * s has s rounded to fp16: add the difference
             nb = w.cols // QK
-            s_diff = quantize_x(x2, w.qtype)[2] - xr.reshape(n, nb, QK).sum(axis=2)   # [n, blocks]
+            s_diff = xs[:, 0::2] - xr.reshape(n, nb, QK).sum(axis=2)                       # [n, blocks]
             m = w.raw.reshape(w.rows, nb, -1)[:, :, 2:4].copy().view(np.float16)[:, :, 0]  # [rows, blocks]
             out2 += s_diff @ m.astype(np.float32).T
     return out
@@ -1591,21 +1590,28 @@ def quantize_x(x, qtype):
     return y, yd, ys, bs
 
 
-def offset_sums(x, qtype):
-    """The xs the float kernels use for a min or an offset (see sums_16), made from ggml's quantized x: for
-    Q8_1 the stored s (rounded to fp16), for Q8_K d times the integer sums. [n, cols // 16]"""
+def int8_view(x, qtype):
+    """x [n, cols] as the int8 path multiplies it with weights of type qtype, for the float kernels: xr, x
+    quantized like ggml's and dequantized again (float32, read-only), and xs, the sums the kernels use for a
+    min or an offset (see sums_16): for Q8_1 the stored s (rounded to fp16) at xs[:, 2b], for Q8_K d times the
+    integer sums. One quantization serves both; round_x is its NumPy reference."""
     n, cols = x.shape
-    if qtype not in X_TYPE:
-        return round_x(x, qtype).reshape(n, cols // 16, 16).sum(axis=2)
-    y, yd, ys, bs = quantize_x(x, qtype)
-    if X_TYPE[qtype] == Q8_K_X:
-        return yd.repeat(16, axis=1) * bs                                # [n, blocks * 16]
-    xs = np.zeros((n, cols // 16), np.float32)
-    if X_TYPE[qtype] == Q8_1_X:
-        xs[:, 0::2] = ys                                                # the sum of block b sits at xs[2b]
+    if qtype not in X_TYPE:  # F16, BF16: x rounded to that type; F32: x itself
+        xr = round_x(x, qtype)
+        xs = xr.reshape(n, cols // 16, 16).sum(axis=2)
     else:
-        xs[:] = (y.astype(np.float32) * yd.repeat(QK, axis=1)).reshape(n, -1, 16).sum(axis=2)
-    return xs
+        y, yd, ys, bs = quantize_x(x, qtype)
+        size = cols // yd.shape[1]
+        xr = (y.reshape(n, -1, size) * yd[:, :, None]).reshape(n, cols)              # [n, cols] float32
+        if X_TYPE[qtype] == Q8_K_X:
+            xs = yd.repeat(16, axis=1) * bs                                          # [n, blocks * 16]
+        elif X_TYPE[qtype] == Q8_1_X:
+            xs = np.zeros((n, cols // 16), np.float32)
+            xs[:, 0::2] = ys                                                         # block b's sum at xs[2b]
+        else:
+            xs = xr.reshape(n, cols // 16, 16).sum(axis=2)
+    xr.flags.writeable = False  # the kernels only read it: one Numba type for every input
+    return xr, xs
 
 
 def get_rows(w, ids):

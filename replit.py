@@ -440,12 +440,8 @@ class Replit:
         """Run len(tokens) tokens at positions pos, pos+1, ... and return float32 logits [n, vocab_size] (or the
         last token's only, [1, vocab_size], with last_only: see llama3.Llama.forward)."""
         cfg, w = self.config, self.weights
-        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        tokens = llama3.check_tokens(tokens, pos, cfg)
         n = len(tokens)
-        if n == 0 or pos < 0 or pos + n > cfg.max_length:
-            raise ValueError(f"positions {pos}..{pos + n - 1} do not fit the context of {cfg.max_length}")
-        if tokens.min() < 0 or tokens.max() >= cfg.vocab_size:
-            raise ValueError(f"token ids must lie in 0..{cfg.vocab_size - 1}")
         T = pos + n
         d, kv_dim = cfg.dim, cfg.kv_dim
 
